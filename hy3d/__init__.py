@@ -1,0 +1,1 @@
+"""The ``hy3d`` command line: run the flow, run the demo, run the emulator."""

@@ -1,0 +1,144 @@
+"""The flow: a manifest of images in, GLB meshes and metadata out, on any fsspec storage."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from prefect import State, flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from pydantic import Field
+
+from flows.manifest import ManifestError, RowProblem, load_manifest
+from flows.pipeline import RunContext, process_item
+from flows.prepare import PreparedItem, RejectedItem, prepare_items
+from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from tasks.client import WaveSpeedClient
+from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError, WaveSpeedSettings
+from tasks.storage import Storage
+
+
+class OutputNotWritableError(ValueError):
+    """Configuration error: the output URL cannot be written (bad URL, credentials, permissions)."""
+
+
+def _summary_name(started_at: str, run_id: str | None) -> str:
+    stamp = started_at.replace(":", "").replace("-", "").replace(".", "")
+    return f"{stamp}-{run_id or 'local'}.json"
+
+
+@flow(name="hunyuan3d-meshes", log_prints=True, persist_result=False)
+async def generate_meshes(
+    manifest: Annotated[
+        str,
+        Field(
+            description="Manifest URL or path: CSV/JSONL (column 'image', optional 'id'), TXT (one "
+            "image per line), a folder, or a glob such as s3://bucket/photos/*.png."
+        ),
+    ],
+    output: Annotated[
+        str,
+        Field(description="Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://)."),
+    ],
+    model: Annotated[str, Field(description="WaveSpeed model id.")] = DEFAULT_MODEL,
+    concurrency: Annotated[
+        int, Field(ge=1, le=10_000, description="Predictions in flight (WaveSpeed Bronze tier allows 2).")
+    ] = 2,
+    storage_options: Annotated[
+        dict[str, Any] | None,
+        Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),
+    ] = None,
+    inputs: Annotated[
+        dict[str, Any] | None, Field(description="Extra model inputs applied to every item.")
+    ] = None,
+    wait_timeout_s: Annotated[
+        float | None, Field(gt=0, description="Deadline per prediction; default from settings.")
+    ] = None,
+) -> State[Any]:
+    """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
+    a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land."""
+    logger = get_run_logger()
+    started_at = utc_now()
+    options = dict(storage_options or {})
+
+    settings = WaveSpeedSettings()
+    try:
+        settings.require_api_key()
+    except MissingAPIKeyError as exc:
+        return Failed(message=str(exc), data=exc)
+    try:
+        loaded = await asyncio.to_thread(load_manifest, manifest, options)
+    except ManifestError as exc:
+        return Failed(message=str(exc), data=exc)
+    try:
+        storage = Storage(output, options)
+        await asyncio.to_thread(storage.ensure_writable)
+    except Exception as exc:  # any backend error: the message names the URL and the cause
+        problem = OutputNotWritableError(
+            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
+        )
+        return Failed(message=str(problem), data=problem)
+
+    problems = [str(warning) for warning in loaded.warnings]
+    for warning in problems:
+        logger.warning(warning)
+    outcomes: list[ItemOutcome] = [
+        ItemOutcome(
+            id=f"row-{error.row}", row=error.row, status=ItemStatus.invalid, source="", error=str(error)
+        )
+        for error in loaded.errors
+    ]
+    prepared = await prepare_items(
+        loaded.items, model=model, inputs=inputs or {}, api_root=settings.base_url, storage_options=options
+    )
+    runnable: list[PreparedItem] = []
+    for entry in prepared:
+        if isinstance(entry, RejectedItem):
+            message = str(RowProblem(entry.item.row, entry.field, entry.message, manifest=loaded.label))
+            outcomes.append(
+                ItemOutcome(
+                    id=entry.item.id,
+                    row=entry.item.row,
+                    status=ItemStatus.invalid,
+                    source=entry.item.image,
+                    error=message,
+                )
+            )
+        else:
+            runnable.append(entry)
+    for outcome in outcomes:
+        logger.error("%s", outcome.error)
+
+    run_id = flow_run.get_id()
+    async with WaveSpeedClient(settings) as client:
+        ctx = RunContext(
+            client=client,
+            storage=storage,
+            storage_options=options,
+            concurrency=concurrency,
+            wait_timeout_s=wait_timeout_s,
+            logger=logger,
+            manifest=manifest,
+            flow_run_id=run_id,
+        )
+        outcomes += await asyncio.gather(*(process_item(ctx, entry) for entry in runnable))
+
+    summary = RunSummary.build(
+        manifest=manifest,
+        output=output,
+        model=model,
+        flow_run_id=run_id,
+        started_at=started_at,
+        items=outcomes,
+        problems=problems,
+        stop_reason=ctx.stop_reason,
+    )
+    name = _summary_name(started_at, run_id)
+    summary.summary_url = storage.url(RUNS_FOLDER, name)
+    await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
+    logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    if summary.failed or summary.stop_reason:
+        error = RunFailedError(summary)
+        return Failed(message=str(error), data=error)
+    return Completed(message=summary.headline(), data=summary)

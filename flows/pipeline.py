@@ -1,0 +1,239 @@
+"""Process one prepared item: submit (cached by content), wait, fetch, record.
+
+Every outcome, good or bad, ends as an :class:`ItemOutcome`; an exception from one item never
+reaches the others. Items with the same content share one prediction within a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.prepare import PreparedItem
+from flows.records import (
+    MESH_FILE,
+    METADATA_FILE,
+    ItemOutcome,
+    ItemStatus,
+    metadata_document,
+    utc_now,
+)
+from tasks.client import WaveSpeedClient
+from tasks.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PredictionTimeoutError,
+    SubmitOutcomeUnknownError,
+    WaveSpeedError,
+)
+from tasks.fetch import FetchedMesh, fetch
+from tasks.prediction import Prediction
+from tasks.storage import Storage
+from tasks.submit import SubmittedPrediction, submit
+from tasks.wait import wait
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    submitted: SubmittedPrediction
+    prediction: Prediction  # terminal
+    reused: bool  # the submit was served from the cache: nothing new was paid for
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class RunContext:
+    client: WaveSpeedClient
+    storage: Storage
+    storage_options: dict[str, Any]
+    concurrency: int
+    wait_timeout_s: float | None
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    manifest: str
+    flow_run_id: str | None = None
+    stop_reason: str | None = None
+    _slots: asyncio.Semaphore = field(init=False)
+    _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.logger.error("Stopping the run: %s", reason)
+
+
+async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
+    warnings: list[str] = []
+    # Prefect types an async task called with return_state=True as State; at run time it is awaitable.
+    state = await submit(ctx.client, prepared.request, ctx.storage_options, return_state=True)  # type: ignore[misc]
+    submitted: SubmittedPrediction = await state.aresult()
+    reused = state.name == "Cached"
+    try:
+        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+    except NotFoundError:
+        # Predictions are deleted after 7 days (or the cache points at another account): only a
+        # new submit can produce the mesh. This is billed, so say so in the metadata.
+        warning = (
+            f"prediction {submitted.prediction_id} no longer exists on WaveSpeed (results are kept "
+            "7 days); submitted again"
+        )
+        ctx.logger.warning("%s: %s", prepared.item.id, warning)
+        warnings.append(warning)
+        refresh = submit.with_options(refresh_cache=True)
+        submitted = await refresh(ctx.client, prepared.request, ctx.storage_options)
+        reused = False
+        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+    return PredictionResult(submitted, prediction, reused, tuple(warnings))
+
+
+async def _shared_prediction(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
+    """One submit+wait per content key in this run, however many ids point at the same image."""
+    key = prepared.request.content_key
+    running = ctx._predictions.get(key)
+    if running is None:
+        running = asyncio.ensure_future(_submit_and_wait(ctx, prepared))
+        ctx._predictions[key] = running
+    return await asyncio.shield(running)
+
+
+def _already_done(storage: Storage, prepared: PreparedItem) -> dict[str, Any] | None:
+    """The existing metadata when this id already holds a verified mesh of the same content."""
+    item_id = prepared.item.id
+    existing = storage.read_json(item_id, METADATA_FILE)
+    if not isinstance(existing, dict) or existing.get("status") != ItemStatus.completed:
+        return None
+    if existing.get("content_key") != prepared.request.content_key:
+        return None
+    expected = (existing.get("output") or {}).get("bytes")
+    if expected is None or storage.size(item_id, MESH_FILE) != expected:
+        return None
+    return existing
+
+
+def _record_may_be_written(storage: Storage, item_id: str) -> bool:
+    """A failed attempt must not overwrite the metadata of a mesh that landed earlier."""
+    existing = storage.read_json(item_id, METADATA_FILE)
+    return not (isinstance(existing, dict) and existing.get("status") == ItemStatus.completed)
+
+
+async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
+    item = prepared.item
+    async with ctx._slots:
+        outcome = ItemOutcome(id=item.id, row=item.row, status=ItemStatus.skipped, source=item.image)
+        if ctx.stop_reason is not None:
+            outcome.error = f"not attempted: {ctx.stop_reason}"
+            return outcome
+
+        started, started_at = time.monotonic(), utc_now()
+        existing = await asyncio.to_thread(_already_done, ctx.storage, prepared)
+        if existing is not None:
+            outcome.status = ItemStatus.already_done
+            outcome.prediction_id = (existing.get("prediction") or {}).get("id")
+            outcome.mesh = ctx.storage.url(item.id, MESH_FILE)
+            outcome.faces = (existing.get("mesh") or {}).get("faces")
+            ctx.logger.info("%s: already done, nothing to pay for", item.id)
+            return outcome
+
+        result: PredictionResult | None = None
+        mesh: FetchedMesh | None = None
+        try:
+            result = await _shared_prediction(ctx, prepared)
+            prediction = result.prediction
+            outcome.prediction_id = prediction.id
+            if prediction.succeeded:
+                output_url = prediction.output_by_extension(".glb") or next(iter(prediction.outputs), None)
+                if output_url is None:
+                    raise WaveSpeedError(f"prediction {prediction.id} completed without outputs")
+                mesh = await fetch(ctx.client, output_url, ctx.storage, [item.id, MESH_FILE])
+                outcome.status = ItemStatus.completed
+                outcome.mesh, outcome.faces = mesh.url, mesh.stats.faces
+            else:
+                outcome.status = ItemStatus.failed
+                outcome.error = prediction.error or f"prediction {prediction.status}"
+                outcome.error_code = prediction.code or None
+        except AuthenticationError as exc:
+            ctx.stop(str(exc))
+            outcome.status, outcome.error = ItemStatus.error, str(exc)
+        except SubmitOutcomeUnknownError as exc:
+            outcome.status, outcome.error = ItemStatus.submit_unknown, str(exc)
+        except PredictionTimeoutError as exc:
+            outcome.status, outcome.error = ItemStatus.timeout, str(exc)
+            outcome.prediction_id = exc.prediction_id
+        except (WaveSpeedError, OSError, ValueError) as exc:
+            outcome.status, outcome.error = ItemStatus.error, f"{type(exc).__name__}: {exc}"
+        outcome.seconds = round(time.monotonic() - started, 3)
+
+        document = _metadata(ctx, prepared, outcome, result, mesh, started_at)
+        try:
+            if outcome.status.landed or await asyncio.to_thread(_record_may_be_written, ctx.storage, item.id):
+                await asyncio.to_thread(ctx.storage.write_json, document, item.id, METADATA_FILE)
+        except OSError as exc:
+            outcome.status = ItemStatus.error
+            outcome.error = f"could not write metadata: {type(exc).__name__}: {exc}"
+        log = ctx.logger.info if outcome.status.landed else ctx.logger.warning
+        log("%s: %s%s", item.id, outcome.status.value, f" ({outcome.error})" if outcome.error else "")
+        return outcome
+
+
+def _metadata(
+    ctx: RunContext,
+    prepared: PreparedItem,
+    outcome: ItemOutcome,
+    result: PredictionResult | None,
+    mesh: FetchedMesh | None,
+    started_at: str,
+) -> dict[str, Any]:
+    request = prepared.request
+    image = request.images[0]
+    prediction = result.prediction if result else None
+    return metadata_document(
+        id=outcome.id,
+        status=outcome.status.value,
+        source={"manifest": ctx.manifest, "row": prepared.item.row, "image": image.source},
+        image={
+            "sha256": image.sha256 if image.url is None else None,
+            "url_sha256": image.sha256 if image.url is not None else None,
+            "content_type": image.content_type if image.url is None else None,
+            "width": prepared.image.width if prepared.image else None,
+            "height": prepared.image.height if prepared.image else None,
+        },
+        model=request.model,
+        inputs=result.submitted.inputs if result else {**request.inputs},
+        content_key=request.content_key,
+        prediction=None
+        if prediction is None
+        else {
+            "id": prediction.id,
+            "status": prediction.status,
+            "created_at": prediction.created_at,
+            "code": prediction.code,
+            "error": prediction.error,
+            "reused": result.reused if result else False,
+            "submitted_at": result.submitted.submitted_at if result else None,
+        },
+        timings={
+            "wavespeed_inference_ms": prediction.inference_ms if prediction else None,
+            "wavespeed_execution_ms": prediction.execution_time_ms if prediction else None,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "wall_seconds": outcome.seconds,
+        },
+        output=None
+        if mesh is None
+        else {
+            "source_url": mesh.source_url,
+            "path": MESH_FILE,
+            "url": mesh.url,
+            "bytes": mesh.size,
+            "sha256": mesh.sha256,
+        },
+        mesh=mesh.stats.as_dict() if mesh else None,
+        error=None if outcome.error is None else {"message": outcome.error, "code": outcome.error_code},
+        warnings=list(result.warnings) if result else [],
+        flow_run_id=ctx.flow_run_id,
+    )

@@ -1,0 +1,208 @@
+"""``hy3d run | demo | emulator``.
+
+Exit codes for ``run``: 0 every item landed, 1 some item did not, 2 usage or configuration
+error (missing or rejected API key, unreadable manifest, unwritable output) — always a one-line
+message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from prefect import State
+
+from hy3d.prefect_env import apply_defaults
+
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: reported in one line, exit code 2."""
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from tasks.settings import DEFAULT_MODEL
+
+    parser.add_argument("manifest", help="CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL).")
+    parser.add_argument("--output", "-o", required=True, help="Destination: any fsspec URL or local folder.")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="Predictions in flight (default 2).")
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for manifest, images and output, e.g. endpoint_url=http://... (repeatable; "
+        "VALUE is parsed as JSON when it can be).",
+    )
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra model input applied to every item (repeatable).",
+    )
+    parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hy3d",
+        description="Turn a manifest of images into GLB meshes with WaveSpeed's Hunyuan3D, on Prefect.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="Run the flow over a manifest.",
+        description="Run the flow over MANIFEST and write DEST/<id>/mesh.glb and metadata.json. Reads "
+        "WAVESPEED_API_KEY and WAVESPEED_BASE_URL. Exit 0 when every item landed, 1 when any did "
+        "not, 2 for usage or configuration errors.",
+    )
+    _add_run_arguments(run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="Run the flow on bundled sample images against a local emulator.",
+        description="Start the WaveSpeed emulator on a free loopback port and run the same flow over "
+        "the sample images shipped with this package.",
+    )
+    demo.add_argument(
+        "--output", "-o", default="demo-output", help="Folder for the meshes (default ./demo-output)."
+    )
+    demo.add_argument("--latency", type=float, default=2.0, help="Emulated generation time, seconds.")
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="Run the WaveSpeed emulator in the foreground.",
+        description="A local HTTP server implementing the WaveSpeed v3 contract, with fault switches.",
+    )
+    from emulator.cli import add_arguments
+
+    add_arguments(emulator)
+    return parser
+
+
+def _print_summary(summary: Any) -> None:
+    print(summary.headline())
+    for item in summary.items:
+        if not item.status.landed:
+            print(f"  {item.id}: {item.status.value}: {item.error}")
+    if summary.summary_url:
+        print(f"summary: {summary.summary_url}")
+
+
+def run_flow(
+    manifest: str,
+    output: str,
+    *,
+    model: str,
+    concurrency: int,
+    storage_options: dict[str, Any],
+    inputs: dict[str, Any],
+    wait_timeout_s: float | None,
+) -> int:
+    """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
+    apply_defaults()
+    from flows.manifest import ManifestError, load_manifest
+    from tasks.settings import MissingAPIKeyError, WaveSpeedSettings
+
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    try:
+        WaveSpeedSettings().require_api_key()
+    except MissingAPIKeyError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:  # pydantic: a malformed WAVESPEED_* variable
+        raise UsageError(f"invalid WAVESPEED_* setting: {exc}") from exc
+    try:
+        load_manifest(manifest, storage_options)
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from exc
+
+    from flows.hunyuan3d import generate_meshes
+    from flows.records import RunFailedError, RunSummary
+
+    run = cast(
+        "Coroutine[Any, Any, State[Any]]",
+        generate_meshes(
+            manifest=manifest,
+            output=output,
+            model=model,
+            concurrency=concurrency,
+            storage_options=storage_options or None,
+            inputs=inputs or None,
+            wait_timeout_s=wait_timeout_s,
+            return_state=True,
+        ),
+    )
+    state = asyncio.run(run)
+    result = asyncio.run(state.aresult(raise_on_failure=False)) if state.data is not None else None
+    if isinstance(result, RunSummary):
+        _print_summary(result)
+        return EXIT_OK
+    if isinstance(result, RunFailedError):
+        _print_summary(result.summary)
+        if result.summary.stop_reason:
+            raise UsageError(result.summary.stop_reason)
+        return EXIT_ITEMS_FAILED
+    raise UsageError(state.message or f"the flow ended {state.name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_flow(
+                args.manifest,
+                args.output,
+                model=args.model,
+                concurrency=args.concurrency,
+                storage_options=dict(args.storage_options),
+                inputs=dict(args.inputs),
+                wait_timeout_s=args.wait_timeout,
+            )
+        if args.command == "demo":
+            from hy3d.demo import run_demo
+
+            return run_demo(args.output, latency_s=args.latency)
+        if args.command == "emulator":
+            from emulator.cli import serve
+
+            return serve(args)
+    except UsageError as exc:
+        print(f"hy3d: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hy3d: interrupted; a re-run resumes where this one stopped", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

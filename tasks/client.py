@@ -1,0 +1,355 @@
+"""Async client for the WaveSpeed v3 REST API (see ``shared/wavespeed-api.md``).
+
+A plain client, no Prefect in here: the Prefect tasks are thin wrappers over it. Everything that
+can go wrong surfaces as a :mod:`tasks.errors` exception, and only idempotent requests are retried
+on transient failures; a submit is resent only when the server certainly did not accept it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from tasks import __version__
+from tasks.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    DownloadError,
+    InvalidResponseError,
+    NoResponseError,
+    NotFoundError,
+    PredictionTimeoutError,
+    RateLimitError,
+    RequestNotSentError,
+    ServerError,
+    SubmitOutcomeUnknownError,
+    WaveSpeedError,
+    is_retry_safe,
+    is_transient,
+)
+from tasks.prediction import Prediction
+from tasks.retrying import RetryPolicy, retry_async
+from tasks.settings import WaveSpeedSettings
+
+logger = logging.getLogger("hy3d.client")
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_for_status(status: int, message: str, retry_after: float | None) -> APIStatusError:
+    cls: type[APIStatusError]
+    if status in (401, 403):
+        cls = AuthenticationError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = ServerError
+    elif status in (400, 413, 422):
+        cls = BadRequestError
+    else:
+        cls = APIStatusError
+    return cls(status, message, retry_after=retry_after)
+
+
+def _message_of(body: Any, response: httpx.Response) -> str:
+    # Errors come as the envelope {"code", "message"} or bare {"error": "..."}: read message, then error.
+    if isinstance(body, dict):
+        for key in ("message", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+    text = response.text.strip()
+    return text[:300] if text else response.reason_phrase or "no message"
+
+
+def decode_envelope(response: httpx.Response) -> dict[str, Any]:
+    """Return ``data`` of a successful envelope, or raise the matching error."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not response.is_success:
+        retry_after = _parse_retry_after(response.headers.get("retry-after"))
+        raise _error_for_status(response.status_code, _message_of(body, response), retry_after)
+    if not isinstance(body, dict):
+        raise InvalidResponseError(f"HTTP {response.status_code} with a body that is not a JSON object")
+    code = body.get("code", 200)
+    if isinstance(code, int) and code != 200:
+        # An error carried inside an HTTP 200 envelope.
+        raise _error_for_status(code if code >= 400 else 500, _message_of(body, response), None)
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise InvalidResponseError(f"HTTP {response.status_code} envelope without a data object")
+    return data
+
+
+class WaveSpeedClient:
+    """``async with WaveSpeedClient(settings) as client: ...``
+
+    ``transport`` lets tests or callers inject any httpx transport (it is used for every request).
+    Output downloads and presigned uploads go out without the Authorization header: they point at a
+    CDN or storage service, which must never see the key.
+    """
+
+    def __init__(
+        self,
+        settings: WaveSpeedSettings | None = None,
+        *,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        settings = settings or WaveSpeedSettings()
+        updates: dict[str, Any] = {}
+        if api_key is not None:
+            updates["api_key"] = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        if base_url is not None:
+            updates["base_url"] = base_url
+        self.settings = settings.model_copy(update=updates) if updates else settings
+        key = self.settings.require_api_key()
+        self.base_url = self.settings.base_url.rstrip("/")
+        self.retry_policy = RetryPolicy(
+            attempts=self.settings.request_attempts,
+            initial_s=self.settings.retry_initial_s,
+            maximum_s=self.settings.retry_max_s,
+        )
+        timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
+        client_headers = {"X-Client-Name": "prefect-hunyuan3d", "X-Client-Version": __version__}
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._public = httpx.AsyncClient(
+            headers=client_headers, timeout=timeout, transport=transport, follow_redirects=True
+        )
+
+    def __repr__(self) -> str:
+        return f"WaveSpeedClient(base_url={self.base_url!r}, api_key=SecretStr('**********'))"
+
+    async def __aenter__(self) -> WaveSpeedClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        await self._public.aclose()
+
+    # -- transport ---------------------------------------------------------------------------
+
+    async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        try:
+            return await client.send(request)
+        except _NOT_SENT as exc:
+            raise RequestNotSentError(
+                f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise NoResponseError(
+                f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _call(self, request: httpx.Request) -> dict[str, Any]:
+        return decode_envelope(await self._send(self._api, request))
+
+    async def _call_with_retries(
+        self, build: Any, what: str, deadline: float | None = None
+    ) -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
+            return await self._call(build())
+
+        return await retry_async(
+            attempt, on=is_transient, policy=self.retry_policy, what=what, deadline=deadline
+        )
+
+    # -- predictions -------------------------------------------------------------------------
+
+    async def submit(self, model: str, inputs: Mapping[str, Any]) -> Prediction:
+        """Create a prediction (billed once accepted). Resent only on connect failure or 429.
+
+        Raises :class:`SubmitOutcomeUnknownError` when the server may have accepted the request.
+        """
+        path = f"/api/v3/{model.strip('/')}"
+
+        async def attempt() -> dict[str, Any]:
+            return await self._call(self._api.build_request("POST", path, json=dict(inputs)))
+
+        try:
+            data = await retry_async(
+                attempt, on=is_retry_safe, policy=self.retry_policy, what=f"submit {model}"
+            )
+        except NoResponseError as exc:
+            raise SubmitOutcomeUnknownError(str(exc)) from exc
+        except ServerError as exc:
+            raise SubmitOutcomeUnknownError(f"HTTP {exc.status_code}: {exc.message}") from exc
+        except InvalidResponseError as exc:
+            raise SubmitOutcomeUnknownError(f"unreadable answer to an accepted request: {exc}") from exc
+        try:
+            return Prediction.model_validate(data)
+        except ValueError as exc:
+            raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
+
+    async def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
+        """Fetch a prediction's current state, retrying transient failures."""
+        path = f"/api/v3/predictions/{quote(prediction_id, safe='')}/result"
+        data = await self._call_with_retries(
+            lambda: self._api.build_request("GET", path), f"poll {prediction_id}", deadline
+        )
+        try:
+            return Prediction.model_validate(data)
+        except ValueError as exc:
+            raise InvalidResponseError(f"prediction {prediction_id}: {exc}") from exc
+
+    async def wait(self, prediction_id: str, *, timeout_s: float | None = None) -> Prediction:
+        """Poll with a growing interval until the prediction is terminal or the deadline passes.
+
+        Returns the terminal prediction (completed *or* failed); raises
+        :class:`PredictionTimeoutError` at the deadline. Unknown statuses mean "keep waiting".
+        """
+        s = self.settings
+        started = time.monotonic()
+        deadline = started + (timeout_s if timeout_s is not None else s.wait_timeout_s)
+        interval = s.poll_initial_interval_s
+        status = "unknown"
+        while True:
+            pause = min(interval, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+            try:
+                prediction = await self.get_prediction(prediction_id, deadline=deadline)
+            except (NoResponseError, RequestNotSentError, RateLimitError, ServerError, InvalidResponseError):
+                if time.monotonic() >= deadline:
+                    raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status) from None
+                raise
+            status = prediction.status
+            if prediction.is_terminal:
+                return prediction
+            if time.monotonic() >= deadline:
+                raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
+            interval = min(interval * s.poll_backoff, s.poll_max_interval_s)
+
+    # -- media -------------------------------------------------------------------------------
+
+    async def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """Upload a local image and return the URL to pass as a model input (uploads are not billed)."""
+        if self.settings.upload_method == "presigned":
+            return await self.upload_presigned(data, filename, content_type)
+        return await self.upload_binary(data, filename, content_type)
+
+    async def upload_binary(self, data: bytes, filename: str, content_type: str) -> str:
+        def build() -> httpx.Request:
+            return self._api.build_request(
+                "POST",
+                "/api/v3/media/upload/binary",
+                files={"file": (filename, data, content_type)},
+                timeout=self.settings.upload_timeout_s,
+            )
+
+        body = await self._call_with_retries(build, f"upload {filename}")
+        return self._download_url(body)
+
+    async def upload_presigned(self, data: bytes, filename: str, content_type: str) -> str:
+        async def attempt() -> str:
+            body = await self._call(
+                self._api.build_request(
+                    "POST",
+                    "/api/v3/media/uploads",
+                    json={"filename": filename, "size": len(data), "content_type": content_type},
+                )
+            )
+            upload = body.get("upload")
+            if not isinstance(upload, dict) or not isinstance(upload.get("url"), str):
+                raise InvalidResponseError("upload answer without upload.url")
+            headers = upload.get("headers") or {}
+            if not isinstance(headers, dict):
+                raise InvalidResponseError("upload.headers is not an object")
+            method = str(upload.get("method") or "PUT").upper()
+            # Exactly the headers the server gave, and no Authorization: the URL is pre-signed.
+            request = self._public.build_request(
+                method,
+                upload["url"],
+                content=data,
+                headers={str(k): str(v) for k, v in headers.items()},
+                timeout=self.settings.upload_timeout_s,
+            )
+            response = await self._send(self._public, request)
+            if not response.is_success:
+                raise _error_for_status(
+                    response.status_code,
+                    f"upload PUT failed: {_message_of(None, response)}",
+                    _parse_retry_after(response.headers.get("retry-after")),
+                )
+            return self._download_url(body)
+
+        return await retry_async(
+            attempt, on=is_transient, policy=self.retry_policy, what=f"upload {filename}"
+        )
+
+    @staticmethod
+    def _download_url(body: Mapping[str, Any]) -> str:
+        url = body.get("download_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidResponseError("upload answer without an http(s) download_url")
+        return url
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stream_output(self, url: str) -> AsyncIterator[httpx.Response]:
+        """Open an output URL for streaming (``response.aiter_bytes()``); only http(s), no key sent."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise DownloadError(f"refusing to download an output that is not http(s): {url[:100]!r}")
+        request = self._public.build_request("GET", url)
+        try:
+            response = await self._public.send(request, stream=True)
+        except _NOT_SENT as exc:
+            raise RequestNotSentError(f"GET {request.url.host}: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise NoResponseError(f"GET {request.url.host}: {type(exc).__name__}: {exc}") from exc
+        try:
+            if not response.is_success:
+                await response.aread()
+                raise _error_for_status(
+                    response.status_code,
+                    f"download failed: {_message_of(None, response)}",
+                    _parse_retry_after(response.headers.get("retry-after")),
+                )
+            yield response
+        finally:
+            await response.aclose()
+
+
+__all__ = ["WaveSpeedClient", "WaveSpeedError", "decode_envelope"]

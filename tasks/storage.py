@@ -1,0 +1,122 @@
+"""Output storage on any fsspec URL, with all-or-nothing publishing.
+
+A reader must never see a half-written ``mesh.glb`` or ``metadata.json``. Local file systems get
+that from ``os.replace`` of a staging file in the same folder. Object stores (S3, GCS, Azure) have
+no rename, but an object only becomes visible once its upload completes, so the staged local file
+is uploaded straight to its final key.
+
+Every method here is blocking I/O; async callers run them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+class Storage:
+    """A folder on some fsspec file system: ``Storage("s3://bucket/meshes", {"key": ...})``."""
+
+    def __init__(self, root_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        if not root_url or not root_url.strip():
+            raise ValueError("the output location is empty")
+        self.root_url = root_url.rstrip("/") or root_url
+        self.storage_options = dict(storage_options or {})
+        fs, root = fsspec.core.url_to_fs(self.root_url, **self.storage_options)
+        self.fs: AbstractFileSystem = fs
+        self.root: str = root.rstrip("/") or root
+        self.is_local = _is_local(fs)
+
+    def __repr__(self) -> str:
+        # storage_options may hold credentials: never show them.
+        return f"Storage({self.root_url!r})"
+
+    def path(self, *parts: str) -> str:
+        """The file system path (no protocol) of ``parts`` under the root."""
+        return "/".join([self.root, *parts])
+
+    def url(self, *parts: str) -> str:
+        """The user-facing URL of ``parts`` under the root, protocol kept."""
+        return "/".join([self.root_url, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def size(self, *parts: str) -> int | None:
+        try:
+            info = self.fs.info(self.path(*parts))
+        except FileNotFoundError:
+            return None
+        size = info.get("size")
+        return int(size) if size is not None else None
+
+    def read_json(self, *parts: str) -> Any:
+        """The parsed JSON at ``parts``, or None when it does not exist or is not valid JSON."""
+        try:
+            with self.fs.open(self.path(*parts), "rb") as handle:
+                return json.loads(handle.read().decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def ensure_writable(self) -> None:
+        """Create the root and prove we can write and delete there (fails early with a clear error)."""
+        self.fs.makedirs(self.root, exist_ok=True)
+        probe = self.path(f".hy3d-write-probe-{uuid.uuid4().hex}")
+        self.fs.pipe_file(probe, b"ok")
+        self.fs.rm_file(probe)
+
+    # -- staging and publishing ---------------------------------------------------------------
+
+    def staging_file(self, *parts: str) -> str:
+        """A local path to write the future content of ``parts`` into before :meth:`publish`."""
+        name = parts[-1] if parts else "file"
+        if self.is_local:
+            folder = self.path(*parts[:-1])
+            os.makedirs(folder, exist_ok=True)
+            return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+        handle, path = tempfile.mkstemp(prefix="hy3d-", suffix=f"-{name}.partial")
+        os.close(handle)
+        return path
+
+    def publish(self, staged: str, *parts: str) -> None:
+        """Make the staged file visible at ``parts`` in one step; the staged file is consumed."""
+        final = self.path(*parts)
+        try:
+            if self.is_local:
+                os.replace(staged, final)
+            else:
+                self.fs.makedirs(self.path(*parts[:-1]), exist_ok=True)
+                self.fs.put_file(staged, final)
+        finally:
+            discard(staged)
+
+    def write_json(self, data: Any, *parts: str) -> None:
+        """Write JSON atomically (staged, then published)."""
+        staged = self.staging_file(*parts)
+        try:
+            with open(staged, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=False, ensure_ascii=False)
+                handle.write("\n")
+            self.publish(staged, *parts)
+        finally:
+            discard(staged)
+
+
+def discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)

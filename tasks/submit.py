@@ -1,0 +1,140 @@
+"""The ``submit`` task: upload local images, then create a prediction — at most once per content.
+
+The cache key is the content (image sha256 + model + inputs + API root), not the file name or
+item id, so the same image is never paid for twice: not under two ids, not in a re-run, not from
+another process sharing the result storage. Cache records expire with WaveSpeed's 7-day retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fsspec
+from prefect import task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.client import WaveSpeedClient
+from tasks.images import EXTENSIONS
+
+RETENTION = timedelta(days=7)
+
+
+class ImageInput(BaseModel):
+    """One image-valued model input: an http(s) URL passed through, or local bytes to upload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str = Field(description="Model input name, e.g. 'image' or 'back_image'.")
+    source: str = Field(description="Where it came from (URL or storage path), for metadata.")
+    url: str | None = Field(default=None, description="Set when the manifest gave an http(s) URL.")
+    sha256: str = Field(description="Of the bytes, or of the URL when passed through.")
+    content_type: str = "application/octet-stream"
+    data: bytes | None = Field(default=None, repr=False, exclude=True)
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Non-image inputs.")
+    images: list[ImageInput] = Field(default_factory=list)
+    api_root: str = Field(description="A prediction id only means something on the API that made it.")
+
+    @property
+    def content_key(self) -> str:
+        canonical = json.dumps(
+            {
+                "api": self.api_root.rstrip("/"),
+                "model": self.model,
+                "inputs": self.inputs,
+                "images": {image.field: image.sha256 for image in self.images},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        return "hy3d-submit-" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class SubmittedPrediction(BaseModel):
+    prediction_id: str
+    model: str
+    content_key: str
+    inputs: dict[str, Any] = Field(description="What was sent, image fields as URLs.")
+    submitted_at: str
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    request: SubmitRequest = parameters["request"]
+    return request.content_key
+
+
+class ImageChangedError(ValueError):
+    """The image file changed between validation and upload: what was checked is not what we'd pay for."""
+
+
+def read_image_bytes(image: ImageInput, storage_options: Mapping[str, Any] | None) -> bytes:
+    if image.data is not None:
+        return image.data
+    with fsspec.open(image.source, "rb", **dict(storage_options or {})) as handle:
+        data: bytes = handle.read()
+    if hashlib.sha256(data).hexdigest() != image.sha256:
+        raise ImageChangedError(f"{image.source} changed since it was validated; run again")
+    return data
+
+
+async def upload_images(
+    client: WaveSpeedClient, images: list[ImageInput], storage_options: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """Model input name -> URL: manifest URLs pass through, local files are uploaded."""
+    urls: dict[str, str] = {}
+    for image in images:
+        if image.url is not None:
+            urls[image.field] = image.url
+            continue
+        data = await asyncio.to_thread(read_image_bytes, image, storage_options)
+        filename = f"{image.sha256[:16]}{EXTENSIONS.get(image.content_type, '')}"
+        urls[image.field] = await client.upload(data, filename, image.content_type)
+    return urls
+
+
+async def submit_prediction(
+    client: WaveSpeedClient,
+    request: SubmitRequest,
+    storage_options: Mapping[str, Any] | None = None,
+) -> SubmittedPrediction:
+    """Plain coroutine behind the task: upload, then one submit (see WaveSpeedClient.submit)."""
+    image_urls = await upload_images(client, request.images, storage_options)
+    inputs = {**request.inputs, **image_urls}
+    prediction = await client.submit(request.model, inputs)
+    return SubmittedPrediction(
+        prediction_id=prediction.id,
+        model=request.model,
+        content_key=request.content_key,
+        inputs=inputs,
+        submitted_at=datetime.now(UTC).isoformat(),
+    )
+
+
+@task(
+    name="submit",
+    cache_key_fn=_cache_key,
+    cache_expiration=RETENTION,
+    persist_result=True,
+    result_serializer="json",
+    # Resending is decided inside the client: only when the server certainly did not accept it.
+    retries=0,
+)
+async def submit(
+    client: WaveSpeedClient,
+    request: SubmitRequest,
+    storage_options: dict[str, Any] | None = None,
+) -> SubmittedPrediction:
+    """Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss."""
+    return await submit_prediction(client, request, storage_options)

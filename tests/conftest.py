@@ -1,0 +1,111 @@
+"""Shared fixtures: one Prefect test harness per session, a fresh emulator per test.
+
+Everything runs over real loopback sockets: the project's client talks HTTP to the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import asyncio
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import EmulatorConfig, EmulatorServer
+from tasks import retrying
+
+SAMPLES = Path(__file__).resolve().parents[1] / "hy3d" / "samples"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary Prefect API and a private result store (where submit cache records live)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with (
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield storage
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits() -> Iterator[None]:
+    retrying.set_testing(True)
+    yield
+    retrying.set_testing(False)
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+    """A fresh emulator (fresh counts) with short latency; the client's env points at it."""
+    config = EmulatorConfig(latency_s=0.2, jitter_s=0.05, seed=7)
+    with EmulatorServer(config) as server:
+        for name, value in client_env(server).items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+def client_env(server: EmulatorServer) -> dict[str, str]:
+    return {
+        "WAVESPEED_BASE_URL": server.url,
+        "WAVESPEED_API_KEY": server.api_key,
+        "WAVESPEED_POLL_INITIAL_INTERVAL_S": "0.1",
+        "WAVESPEED_POLL_MAX_INTERVAL_S": "0.3",
+        "WAVESPEED_WAIT_TIMEOUT_S": "60",
+    }
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    """A private copy of the sample images (tests write manifests next to them)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in SAMPLES.iterdir():
+        if image.suffix in {".png", ".jpg"}:
+            (folder / image.name).write_bytes(image.read_bytes())
+    return folder
+
+
+@pytest.fixture
+def image_server(samples: Path) -> Iterator[str]:
+    """A plain static HTTP server on loopback serving the sample images (for URL manifests)."""
+    handler = functools.partial(_QuietHandler, directory=str(samples))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def run_flow(**parameters: Any) -> tuple[Any, Any]:
+    """Run the flow in-process; return (final state, RunSummary or the exception it carries)."""
+    from flows.hunyuan3d import generate_meshes
+    from flows.records import RunFailedError
+
+    async def go() -> tuple[Any, Any]:
+        state = await generate_meshes(**parameters, return_state=True)
+        result = await state.aresult(raise_on_failure=False)
+        return state, result.summary if isinstance(result, RunFailedError) else result
+
+    return asyncio.run(go())

@@ -1,0 +1,181 @@
+"""The client against the emulator over loopback: routes, errors, retries and what they cost."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from emulator import EmulatorServer
+from tasks.client import WaveSpeedClient
+from tasks.errors import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    RateLimitError,
+    SubmitOutcomeUnknownError,
+)
+from tasks.settings import WaveSpeedSettings
+from tests.conftest import SAMPLES
+
+MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
+BALL = (SAMPLES / "red-ball.png").read_bytes()
+
+
+def client_for(server: EmulatorServer, **overrides: object) -> WaveSpeedClient:
+    settings = WaveSpeedSettings(
+        api_key=server.api_key,
+        base_url=server.url,
+        poll_initial_interval_s=0.05,
+        poll_max_interval_s=0.2,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return WaveSpeedClient(settings)
+
+
+async def _submit_and_wait(client: WaveSpeedClient, upload_method: str = "binary") -> tuple[str, str]:
+    upload = client.upload_binary if upload_method == "binary" else client.upload_presigned
+    url = await upload(BALL, "ball.png", "image/png")
+    prediction = await client.submit(MODEL, {"image": url})
+    assert prediction.status in {"created", "processing"}
+    done = await client.wait(prediction.id, timeout_s=30)
+    assert done.status == "completed", done
+    output = done.output_by_extension(".glb")
+    assert output is not None
+    return done.id, output
+
+
+@pytest.mark.parametrize("upload_method", ["binary", "presigned"])
+def test_upload_submit_wait_download(emulator: EmulatorServer, upload_method: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        async with client_for(emulator) as client:
+            prediction_id, output = await _submit_and_wait(client, upload_method)
+            async with client.stream_output(output) as response:
+                body = await response.aread()
+        assert body[:4] == b"glTF"
+        assert emulator.stats.polls_for(prediction_id) >= 1
+        assert emulator.stats.submits_for_image_bytes(BALL) == 1
+        assert emulator.stats.upload_puts_with_authorization == 0  # the key never goes to storage URLs
+
+    asyncio.run(go())
+
+
+def test_wait_polls_with_a_growing_interval(emulator: EmulatorServer) -> None:
+    emulator.config.latency_s, emulator.config.jitter_s = 1.5, 0.0
+
+    async def go() -> int:
+        settings = WaveSpeedSettings(
+            api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.1, poll_backoff=2.0
+        )
+        async with WaveSpeedClient(settings) as client:
+            url = await client.upload(BALL, "ball.png", "image/png")
+            prediction = await client.submit(MODEL, {"image": url})
+            await client.wait(prediction.id)
+            return emulator.stats.polls_for(prediction.id)
+
+    polls = asyncio.run(go())
+    # Fixed 0.1 s polling would take ~15 polls over 1.5 s; doubling intervals take about 5.
+    assert 3 <= polls <= 6
+
+
+def test_wrong_key_is_an_authentication_error_and_not_retried(emulator: EmulatorServer) -> None:
+    async def go() -> None:
+        settings = WaveSpeedSettings(api_key="wsk-wrong", base_url=emulator.url)
+        async with WaveSpeedClient(settings) as client:
+            with pytest.raises(AuthenticationError) as raised:
+                await client.submit(MODEL, {"image": "http://127.0.0.1:9/x.png"})
+            assert "wsk-wrong" not in str(raised.value)
+            assert "WAVESPEED_API_KEY" in str(raised.value)
+            with pytest.raises(AuthenticationError):
+                await client.get_prediction("0" * 32)
+
+    asyncio.run(go())
+    assert emulator.stats.auth_failures == 2
+
+
+def test_bad_request_and_not_found(emulator: EmulatorServer) -> None:
+    async def go() -> None:
+        async with client_for(emulator) as client:
+            with pytest.raises(BadRequestError) as raised:
+                await client.submit(MODEL, {})
+            assert "image" in str(raised.value)
+            with pytest.raises(NotFoundError):
+                await client.get_prediction("f" * 32)
+
+    asyncio.run(go())
+    assert emulator.stats.submits_accepted == 0
+
+
+def test_submit_retried_on_429_only_and_never_billed_twice(emulator: EmulatorServer) -> None:
+    emulator.config.submit_429_rate = 1.0
+
+    async def go() -> None:
+        async with client_for(emulator, request_attempts=3) as client:
+            url = await client.upload(BALL, "ball.png", "image/png")
+            with pytest.raises(RateLimitError):
+                await client.submit(MODEL, {"image": url})
+
+    asyncio.run(go())
+    assert emulator.stats.submits_received == 3  # refused each time, so safe to resend
+    assert emulator.stats.submits_accepted == 0
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_submit_5xx_is_ambiguous_and_not_resent(emulator: EmulatorServer, accepted: bool) -> None:
+    emulator.config.submit_5xx_rate = 1.0
+    emulator.config.submit_5xx_accepted = accepted
+    emulator.config.fault_5xx_statuses = (502,)
+
+    async def go() -> None:
+        async with client_for(emulator) as client:
+            url = await client.upload(BALL, "ball.png", "image/png")
+            with pytest.raises(SubmitOutcomeUnknownError) as raised:
+                await client.submit(MODEL, {"image": url})
+            assert "502" in str(raised.value)
+
+    asyncio.run(go())
+    assert emulator.stats.submits_received == 1
+    assert emulator.stats.submits_accepted == (1 if accepted else 0)
+
+
+def test_polls_ride_out_429_and_5xx(emulator: EmulatorServer) -> None:
+    emulator.config.poll_429_rate = 0.3
+    emulator.config.poll_5xx_rate = 0.3
+    emulator.config.retry_after_s = 0.1
+
+    async def go() -> None:
+        async with client_for(emulator, request_attempts=20) as client:
+            await _submit_and_wait(client)
+
+    asyncio.run(go())
+    assert emulator.stats.fault_count("poll_429") + emulator.stats.fault_count("poll_5xx") > 0
+    assert emulator.stats.submits_accepted == 1
+
+
+def test_read_timeout_on_submit_is_ambiguous() -> None:
+    """A transport that times out after sending: the server may have the prediction."""
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    async def go() -> None:
+        client = WaveSpeedClient(
+            WaveSpeedSettings(api_key="k", base_url="http://ws.test"), transport=httpx.MockTransport(timeout)
+        )
+        async with client:
+            with pytest.raises(SubmitOutcomeUnknownError):
+                await client.submit(MODEL, {"image": "https://example.test/a.png"})
+
+    asyncio.run(go())
+
+
+def test_repr_and_errors_never_show_the_key(emulator: EmulatorServer) -> None:
+    secret = "wsk-SECRET-0123456789"
+    settings = WaveSpeedSettings(api_key=secret, base_url=emulator.url)
+    client = WaveSpeedClient(settings)
+    assert secret not in repr(client)
+    assert secret not in repr(settings)
+    assert secret not in str(settings.model_dump())
+    asyncio.run(client.aclose())
