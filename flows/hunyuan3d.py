@@ -15,12 +15,28 @@ from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
 from tasks.client import WaveSpeedClient
+from tasks.errors import AuthenticationError
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError, WaveSpeedSettings
 from tasks.storage import Storage
 
 
 class OutputNotWritableError(ValueError):
     """Configuration error: the output URL cannot be written (bad URL, credentials, permissions)."""
+
+
+def _writable_storage(output: str, options: dict[str, Any]) -> Storage:
+    try:
+        storage = Storage(output, options)
+        storage.ensure_writable()
+    except Exception as exc:  # any backend error: the message names the URL and the cause
+        raise OutputNotWritableError(
+            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return storage
+
+
+def _invalid(message: str, row: int, item_id: str, source: str) -> ItemOutcome:
+    return ItemOutcome(id=item_id, row=row, status=ItemStatus.invalid, source=source, error=message)
 
 
 def _summary_name(started_at: str, run_id: str | None) -> str:
@@ -62,56 +78,43 @@ async def generate_meshes(
     started_at = utc_now()
     options = dict(storage_options or {})
 
+    # Configuration problems end the run before any work, each as one clear message.
     settings = WaveSpeedSettings()
     try:
         settings.require_api_key()
-    except MissingAPIKeyError as exc:
-        return Failed(message=str(exc), data=exc)
-    try:
         loaded = await asyncio.to_thread(load_manifest, manifest, options)
-    except ManifestError as exc:
+        storage = await asyncio.to_thread(_writable_storage, output, options)
+    except (MissingAPIKeyError, ManifestError, OutputNotWritableError) as exc:
         return Failed(message=str(exc), data=exc)
-    try:
-        storage = Storage(output, options)
-        await asyncio.to_thread(storage.ensure_writable)
-    except Exception as exc:  # any backend error: the message names the URL and the cause
-        problem = OutputNotWritableError(
-            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
-        )
-        return Failed(message=str(problem), data=problem)
 
     problems = [str(warning) for warning in loaded.warnings]
     for warning in problems:
         logger.warning(warning)
-    outcomes: list[ItemOutcome] = [
-        ItemOutcome(
-            id=f"row-{error.row}", row=error.row, status=ItemStatus.invalid, source="", error=str(error)
-        )
-        for error in loaded.errors
-    ]
-    prepared = await prepare_items(
-        loaded.items, model=model, inputs=inputs or {}, api_root=settings.base_url, storage_options=options
-    )
-    runnable: list[PreparedItem] = []
-    for entry in prepared:
-        if isinstance(entry, RejectedItem):
-            message = str(RowProblem(entry.item.row, entry.field, entry.message, manifest=loaded.label))
-            outcomes.append(
-                ItemOutcome(
-                    id=entry.item.id,
-                    row=entry.item.row,
-                    status=ItemStatus.invalid,
-                    source=entry.item.image,
-                    error=message,
-                )
-            )
-        else:
-            runnable.append(entry)
-    for outcome in outcomes:
-        logger.error("%s", outcome.error)
-
     run_id = flow_run.get_id()
     async with WaveSpeedClient(settings) as client:
+        try:
+            await client.check_access()  # a wrong key costs one request, not one per item
+        except AuthenticationError as exc:
+            return Failed(message=str(exc), data=exc)
+
+        prepared = await prepare_items(
+            loaded.items,
+            model=model,
+            inputs=inputs or {},
+            api_root=settings.base_url,
+            storage_options=options,
+        )
+        outcomes = [_invalid(str(error), error.row, f"row-{error.row}", "") for error in loaded.errors]
+        runnable: list[PreparedItem] = []
+        for entry in prepared:
+            if isinstance(entry, RejectedItem):
+                problem = RowProblem(entry.item.row, entry.field, entry.message, manifest=loaded.label)
+                outcomes.append(_invalid(str(problem), entry.item.row, entry.item.id, entry.item.image))
+            else:
+                runnable.append(entry)
+        for outcome in outcomes:
+            logger.error("%s", outcome.error)
+
         ctx = RunContext(
             client=client,
             storage=storage,

@@ -261,6 +261,28 @@ class WaveSpeedClient:
                 raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
             interval = min(interval * s.poll_backoff, s.poll_max_interval_s)
 
+    async def get_balance(self) -> float:
+        """Account balance in USD. Also the cheapest authenticated call: the flow uses it to check
+        the key once before fanning out, so a wrong key costs one request, not one per item."""
+        data = await self._call_with_retries(
+            lambda: self._api.build_request("GET", "/api/v3/balance"), "balance"
+        )
+        balance = data.get("balance")
+        if not isinstance(balance, int | float):
+            raise InvalidResponseError("balance answer without a numeric data.balance")
+        return float(balance)
+
+    async def check_access(self) -> float | None:
+        """Raise :class:`AuthenticationError` when the key is rejected; otherwise the balance, or
+        None when it could not be read (the run goes on: items report their own errors)."""
+        try:
+            return await self.get_balance()
+        except AuthenticationError:
+            raise
+        except WaveSpeedError as exc:
+            logger.info("could not check the API key up front (%s); going on", exc)
+            return None
+
     # -- media -------------------------------------------------------------------------------
 
     async def upload(self, data: bytes, filename: str, content_type: str) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import trimesh
 
 from emulator import EmulatorServer
+from tasks.errors import AuthenticationError
 from tests.conftest import run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -60,7 +63,7 @@ def test_csv_manifest_of_local_files_lands_every_mesh(
     assert len(faces) > 1, "meshes are derived from the images, so they differ"
     stats = emulator.stats
     assert stats.submits_accepted == 4
-    assert stats.total_uploads() == 4
+    assert stats.total_uploads == 4
     for name in NAMES:
         assert stats.submits_for_image_bytes((samples / name).read_bytes()) == 1
     runs = list((output / "runs").glob("*.json"))
@@ -109,7 +112,7 @@ def test_urls_are_passed_through_not_uploaded(
     assert summary.landed == 2
     metadata = assert_landed(output, "red-ball")
     assert metadata["inputs"]["image"] == f"{image_server}/red-ball.png"
-    assert emulator.stats.total_uploads() == 0
+    assert emulator.stats.total_uploads == 0
     assert emulator.stats.submits_for_url(f"{image_server}/red-ball.png") == 1
 
 
@@ -120,8 +123,8 @@ def test_rerun_submits_nothing_new(emulator: EmulatorServer, samples: Path, tmp_
     first = json.loads((output / "a" / "metadata.json").read_text())
     submits, uploads, polls = (
         emulator.stats.submits_received,
-        emulator.stats.total_uploads(),
-        emulator.stats.total_polls(),
+        emulator.stats.total_uploads,
+        emulator.stats.total_polls,
     )
     assert submits == 2
 
@@ -130,8 +133,8 @@ def test_rerun_submits_nothing_new(emulator: EmulatorServer, samples: Path, tmp_
     assert state.is_completed(), state.message
     assert summary.counts == {"already_done": 2}
     assert emulator.stats.submits_received == submits
-    assert emulator.stats.total_uploads() == uploads
-    assert emulator.stats.total_polls() == polls
+    assert emulator.stats.total_uploads == uploads
+    assert emulator.stats.total_polls == polls
     assert json.loads((output / "a" / "metadata.json").read_text()) == first
 
 
@@ -142,14 +145,14 @@ def test_rerun_into_new_output_reuses_paid_predictions(
     manifest = write_csv(samples, [("a", "red-ball.png")])
     run_flow(manifest=str(manifest), output=str(tmp_path / "first"))
     assert emulator.stats.submits_received == 1
-    downloads = emulator.stats.total_downloads()
+    downloads = emulator.stats.total_downloads
 
     state, _ = run_flow(manifest=str(manifest), output=str(tmp_path / "second"))
 
     assert state.is_completed(), state.message
     assert emulator.stats.submits_received == 1
-    assert emulator.stats.total_uploads() == 1
-    assert emulator.stats.total_downloads() == downloads + 1
+    assert emulator.stats.total_uploads == 1
+    assert emulator.stats.total_downloads == downloads + 1
     metadata = assert_landed(tmp_path / "second", "a")
     assert metadata["prediction"]["reused"] is True
 
@@ -173,23 +176,50 @@ def test_one_image_under_two_ids_is_paid_once(
     assert emulator.stats.submits_accepted == 2
 
 
-def test_wrong_key_stops_the_run_without_retries(
+def test_wrong_key_stops_the_run_before_any_work(
     emulator: EmulatorServer, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WAVESPEED_API_KEY", "wsk-wrong-key")
     manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
     output = tmp_path / "out"
 
-    state, summary = run_flow(manifest=str(manifest), output=str(output), concurrency=1)
+    state, error = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_failed()
+    assert isinstance(error, AuthenticationError)
+    assert "rejected the API key" in str(error) and "WAVESPEED_API_KEY" in str(error)
+    assert "wsk-wrong-key" not in str(error) + (state.message or "")
+    # One request answered 401, then nothing more: no retries, no uploads, no submits.
+    assert sum(emulator.stats.requests.values()) == 1
+    assert emulator.stats.auth_failures == 1
+    assert not list(output.glob("*/mesh.glb"))
+
+
+def test_key_revoked_mid_run_stops_new_submits(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    """The key passes the up-front check, then is revoked after the first prediction completes."""
+    emulator.config.latency_s = 0.5
+
+    def revoke_after_first_completion() -> None:
+        deadline = time.monotonic() + 30
+        while emulator.stats.completed < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emulator.config.api_key = "wsk-rotated"
+
+    revoker = threading.Thread(target=revoke_after_first_completion, daemon=True)
+    revoker.start()
+    manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
+
+    state, summary = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), concurrency=1)
+    revoker.join(5)
 
     assert state.is_failed()
     assert "rejected the API key" in (summary.stop_reason or "")
-    assert "WAVESPEED_API_KEY" in summary.stop_reason
-    # One request answered 401, then nothing more: no retries, no other items attempted.
-    assert emulator.stats.auth_failures == 1
-    assert emulator.stats.submits_accepted == 0
-    assert summary.counts == {"error": 1, "skipped": 3}
-    assert not list(output.glob("*/mesh.glb"))
+    assert summary.counts.get("skipped", 0) >= 2
+    assert summary.counts.get("error") == 1
+    assert emulator.stats.auth_failures == 1  # the first 401 stopped everything
+    assert emulator.stats.submits_accepted == 1
 
 
 def test_failed_prediction_is_recorded_while_others_land(

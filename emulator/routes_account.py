@@ -1,0 +1,43 @@
+"""Account routes: `POST /api/v3/model/price` and `GET /api/v3/balance`."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from emulator.config import DEFAULT_PRICE_USD
+from emulator.models import MODELS, price_for
+from emulator.responses import ApiError, envelope, read_json_object, require_auth
+from emulator.state import EmulatorState
+
+
+class AccountRoutes:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v3/model/price", self.price, methods=["POST"]),
+            Route("/api/v3/balance", self.balance, methods=["GET"]),
+        ]
+
+    async def price(self, request: Request) -> Response:
+        config = self.state.config
+        require_auth(request, config, self.state.stats)
+        body = await read_json_object(request)
+        model_id = body.get("model_id")
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "Missing required parameter: model_id")
+        if model_id not in MODELS:
+            raise ApiError(404, f"Model not found: {model_id}")
+        inputs = body.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise ApiError(400, "Invalid parameter 'inputs': must be an object")
+        price = price_for(model_id, inputs, config.prices, DEFAULT_PRICE_USD)
+        return envelope({"model_id": model_id, "price": price, "currency": "USD"})
+
+    async def balance(self, request: Request) -> Response:
+        config = self.state.config
+        require_auth(request, config, self.state.stats)
+        return envelope({"balance": round(config.balance, 6), "currency": "USD"})

@@ -1,0 +1,214 @@
+"""Thread-safe counters of everything the emulator saw, for tests to assert on.
+
+The server mutates them on its event-loop thread; tests read them from theirs. Every public reader takes
+the lock and returns a copy or a plain number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def bytes_key(data: bytes) -> str:
+    """`submits_by_input` key of an input image that was uploaded to the emulator."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def url_key(url: str) -> str:
+    """`submits_by_input` key of an input image given by a foreign URL."""
+    return "url:" + url
+
+
+def prompt_key(prompt: str) -> str:
+    """`submits_by_input` key of a text-to-3d submit."""
+    return "prompt:" + prompt
+
+
+def _output_name(url_or_name: str) -> str:
+    return urlsplit(url_or_name).path.rsplit("/", 1)[-1]
+
+
+class EmulatorStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.submits_received = 0
+        self.submits_accepted = 0
+        self.submits_by_input: Counter[str] = Counter()
+        self.submits_by_model: Counter[str] = Counter()
+        self.billed_usd = 0.0
+        self.uploads: Counter[str] = Counter()
+        self.uploaded_bytes = 0
+        self.upload_puts_with_authorization = 0
+        self.polls_by_prediction: Counter[str] = Counter()
+        self.downloads_by_output: Counter[str] = Counter()
+        self.downloads_truncated = 0
+        self.auth_failures = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.processing = 0
+        self.peak_processing = 0
+        self.completed = 0
+        self.failed = 0
+        self.failures_by_code: Counter[int] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.webhooks: dict[str, str] = {}
+
+    # ---- writers (called by the server) ------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def record_request(self, method: str, route: str, status: int) -> None:
+        with self._lock:
+            self.requests[(method, route, status)] += 1
+
+    def record_submit_received(self) -> None:
+        with self._lock:
+            self.submits_received += 1
+
+    def record_auth_failure(self) -> None:
+        with self._lock:
+            self.auth_failures += 1
+
+    def record_accepted(
+        self, model: str, input_key: str, price: float, webhook: str | None, pid: str
+    ) -> None:
+        with self._lock:
+            self.submits_accepted += 1
+            self.submits_by_input[input_key] += 1
+            self.submits_by_model[model] += 1
+            self.billed_usd = round(self.billed_usd + price, 9)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if webhook:
+                self.webhooks[pid] = webhook
+
+    def record_processing(self, delta: int) -> None:
+        with self._lock:
+            self.processing += delta
+            self.peak_processing = max(self.peak_processing, self.processing)
+
+    def record_terminal(self, code: int | None) -> None:
+        """A prediction left the in-flight set: completed (code None), failed (its code), or cancelled
+        at shutdown/reset (code 0, counted in neither)."""
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - 1)
+            if code is None:
+                self.completed += 1
+            elif code:
+                self.failed += 1
+                self.failures_by_code[code] += 1
+
+    def record_upload(self, route: str, size: int) -> None:
+        with self._lock:
+            self.uploads[route] += 1
+            self.uploaded_bytes += size
+
+    def record_put_with_authorization(self) -> None:
+        with self._lock:
+            self.upload_puts_with_authorization += 1
+
+    def record_poll(self, prediction_id: str) -> None:
+        with self._lock:
+            self.polls_by_prediction[prediction_id] += 1
+
+    def record_download(self, name: str, truncated: bool) -> None:
+        with self._lock:
+            self.downloads_by_output[name] += 1
+            if truncated:
+                self.downloads_truncated += 1
+
+    def record_fault(self, name: str) -> None:
+        with self._lock:
+            self.faults[name] += 1
+
+    # ---- readers (for tests) -----------------------------------------------------------------------
+    def polls_for(self, prediction_id: str) -> int:
+        with self._lock:
+            return self.polls_by_prediction[prediction_id]
+
+    @property
+    def total_polls(self) -> int:
+        with self._lock:
+            return sum(self.polls_by_prediction.values())
+
+    def submits_for_image_bytes(self, data: bytes) -> int:
+        """Accepted submits whose (primary) image was these bytes uploaded to the emulator."""
+        with self._lock:
+            return self.submits_by_input[bytes_key(data)]
+
+    def submits_for_url(self, url: str) -> int:
+        """Accepted submits whose (primary) image was this foreign (non-emulator) URL."""
+        with self._lock:
+            return self.submits_by_input[url_key(url)]
+
+    def submits_for_prompt(self, prompt: str) -> int:
+        with self._lock:
+            return self.submits_by_input[prompt_key(prompt)]
+
+    def downloads_for(self, output_url_or_name: str) -> int:
+        """Downloads (complete or truncated) of one output, by its URL or file name."""
+        with self._lock:
+            return self.downloads_by_output[_output_name(output_url_or_name)]
+
+    @property
+    def total_downloads(self) -> int:
+        with self._lock:
+            return sum(self.downloads_by_output.values())
+
+    @property
+    def total_uploads(self) -> int:
+        """Files stored: binary uploads plus completed presigned PUTs (not the upload-URL requests)."""
+        with self._lock:
+            return self.uploads["binary"] + self.uploads["put"]
+
+    def requests_for(self, method: str, route: str, status: int | None = None) -> int:
+        """Requests by method and route template (e.g. "/api/v3/predictions/{prediction_id}/result"),
+        optionally only those answered with `status`."""
+        with self._lock:
+            return sum(
+                n
+                for (m, r, s), n in self.requests.items()
+                if m == method and r == route and (status is None or s == status)
+            )
+
+    def fault_count(self, name: str) -> int:
+        with self._lock:
+            return self.faults[name]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, as JSON-ready values (request keys read "METHOD route status")."""
+        with self._lock:
+            return {
+                "requests": {f"{m} {r} {s}": n for (m, r, s), n in sorted(self.requests.items())},
+                "submits_received": self.submits_received,
+                "submits_accepted": self.submits_accepted,
+                "submits_by_input": dict(self.submits_by_input),
+                "submits_by_model": dict(self.submits_by_model),
+                "billed_usd": self.billed_usd,
+                "uploads": dict(self.uploads),
+                "uploaded_bytes": self.uploaded_bytes,
+                "upload_puts_with_authorization": self.upload_puts_with_authorization,
+                "polls_by_prediction": dict(self.polls_by_prediction),
+                "total_polls": sum(self.polls_by_prediction.values()),
+                "downloads_by_output": dict(self.downloads_by_output),
+                "downloads_truncated": self.downloads_truncated,
+                "auth_failures": self.auth_failures,
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "processing": self.processing,
+                "peak_processing": self.peak_processing,
+                "completed": self.completed,
+                "failed": self.failed,
+                "failures_by_code": {str(k): v for k, v in self.failures_by_code.items()},
+                "faults": dict(self.faults),
+                "webhooks": dict(self.webhooks),
+            }
