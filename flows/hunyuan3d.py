@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Annotated, Any
 
 from prefect import State, flow, get_run_logger
@@ -14,10 +15,16 @@ from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.errors import AuthenticationError
+from tasks.ledger import PredictionLedger
+from tasks.models import UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError, WaveSpeedSettings
 from tasks.storage import Storage
+
+# A claim outlives the longest an item can take (wait deadline + download), then others may take over.
+CLAIM_LEASE_MARGIN_S = 900.0
 
 
 class OutputNotWritableError(ValueError):
@@ -71,6 +78,16 @@ async def generate_meshes(
     wait_timeout_s: Annotated[
         float | None, Field(gt=0, description="Deadline per prediction; default from settings.")
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        Field(
+            description="Submit again predictions that failed with a transient code (5000/5003/5004). Billed."
+        ),
+    ] = False,
+    resubmit_unknown: Annotated[
+        bool,
+        Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
+    ] = False,
 ) -> State[Any]:
     """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
     a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land."""
@@ -82,9 +99,10 @@ async def generate_meshes(
     settings = WaveSpeedSettings()
     try:
         settings.require_api_key()
+        check_model(model)
         loaded = await asyncio.to_thread(load_manifest, manifest, options)
         storage = await asyncio.to_thread(_writable_storage, output, options)
-    except (MissingAPIKeyError, ManifestError, OutputNotWritableError) as exc:
+    except (MissingAPIKeyError, UnknownModelError, ManifestError, OutputNotWritableError) as exc:
         return Failed(message=str(exc), data=exc)
 
     problems = [str(warning) for warning in loaded.warnings]
@@ -115,17 +133,25 @@ async def generate_meshes(
         for outcome in outcomes:
             logger.error("%s", outcome.error)
 
+        lease_s = (wait_timeout_s or settings.wait_timeout_s) + CLAIM_LEASE_MARGIN_S
         ctx = RunContext(
             client=client,
             storage=storage,
+            ledger=PredictionLedger(storage),
+            claims=ClaimRegistry(storage, run=run_id or uuid.uuid4().hex, lease_s=lease_s),
             storage_options=options,
             concurrency=concurrency,
             wait_timeout_s=wait_timeout_s,
             logger=logger,
             manifest=manifest,
             flow_run_id=run_id,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
         )
-        outcomes += await asyncio.gather(*(process_item(ctx, entry) for entry in runnable))
+        try:
+            outcomes += await asyncio.gather(*(process_item(ctx, entry) for entry in runnable))
+        finally:
+            await asyncio.to_thread(ctx.claims.release_all)
 
     summary = RunSummary.build(
         manifest=manifest,
@@ -141,6 +167,8 @@ async def generate_meshes(
     summary.summary_url = storage.url(RUNS_FOLDER, name)
     await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    for advice in summary.advice:
+        logger.warning(advice)
     if summary.failed or summary.stop_reason:
         error = RunFailedError(summary)
         return Failed(message=str(error), data=error)

@@ -21,6 +21,7 @@ from flows.records import (
     metadata_document,
     utc_now,
 )
+from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
@@ -30,7 +31,8 @@ from tasks.errors import (
     WaveSpeedError,
 )
 from tasks.fetch import FetchedMesh, fetch
-from tasks.prediction import Prediction
+from tasks.ledger import PredictionLedger
+from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
 from tasks.submit import SubmittedPrediction, submit
 from tasks.wait import wait
@@ -40,20 +42,28 @@ from tasks.wait import wait
 class PredictionResult:
     submitted: SubmittedPrediction
     prediction: Prediction  # terminal
-    reused: bool  # the submit was served from the cache: nothing new was paid for
+    reused: bool  # an earlier submit (ledger or cache) was resumed: nothing new was paid for
     warnings: tuple[str, ...] = ()
+
+
+class ClaimedElsewhereError(Exception):
+    """Another live run holds this content: it will land it, this run leaves it alone."""
 
 
 @dataclass
 class RunContext:
     client: WaveSpeedClient
     storage: Storage
+    ledger: PredictionLedger
+    claims: ClaimRegistry
     storage_options: dict[str, Any]
     concurrency: int
     wait_timeout_s: float | None
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     manifest: str
     flow_run_id: str | None = None
+    retry_failed: bool = False
+    resubmit_unknown: bool = False
     stop_reason: str | None = None
     _slots: asyncio.Semaphore = field(init=False)
     _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
@@ -67,32 +77,104 @@ class RunContext:
             self.logger.error("Stopping the run: %s", reason)
 
 
-async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
-    warnings: list[str] = []
+async def _submit(
+    ctx: RunContext, prepared: PreparedItem, *, fresh: bool
+) -> tuple[SubmittedPrediction, bool]:
+    """Run the submit task; ``fresh`` bypasses Prefect's cache (its record points at a dead prediction).
+    Returns the submission and whether it was served from the cache."""
+    if ctx.stop_reason is not None:
+        raise _Stopped(ctx.stop_reason)
+    task = submit.with_options(refresh_cache=True) if fresh else submit
     # Prefect types an async task called with return_state=True as State; at run time it is awaitable.
-    state = await submit(ctx.client, prepared.request, ctx.storage_options, return_state=True)  # type: ignore[misc]
+    state = await task(  # type: ignore[misc]
+        ctx.client, prepared.request, ctx.storage_options, ctx.ledger, return_state=True
+    )
     submitted: SubmittedPrediction = await state.aresult()
-    reused = state.name == "Cached"
+    cached = state.name == "Cached"
+    if cached:
+        # Paid for elsewhere (another output, same result storage): note it in this output's ledger too.
+        await asyncio.to_thread(
+            ctx.ledger.record_submitted,
+            submitted.content_key,
+            submitted.prediction_id,
+            submitted.model,
+            prepared.request.api_root,
+            submitted.inputs,
+        )
+    return submitted, cached
+
+
+async def _from_ledger(
+    ctx: RunContext, prepared: PreparedItem, warnings: list[str]
+) -> SubmittedPrediction | None:
+    """The prediction an earlier run paid for, if it can still be polled; None means submit."""
+    entry = await asyncio.to_thread(ctx.ledger.read, prepared.request.content_key)
+    if entry is None:
+        return None
+    if entry.state == "unknown":
+        if not ctx.resubmit_unknown:
+            raise SubmitOutcomeUnknownError(
+                f"an earlier submit ({entry.recorded_at}) may have been accepted: {entry.reason}; "
+                "not resent (re-run with resubmit_unknown / --resubmit-unknown to pay again)"
+            )
+        warnings.append(f"resubmitted although an earlier submit may have been accepted ({entry.reason})")
+        return None
+    if entry.prediction_id is None:
+        return None
+    if entry.expired:
+        warnings.append(
+            f"prediction {entry.prediction_id} from {entry.recorded_at} is past WaveSpeed's 7-day "
+            "retention; submitted anew (billed)"
+        )
+        return None
+    return SubmittedPrediction(
+        prediction_id=entry.prediction_id,
+        model=entry.model,
+        content_key=entry.content_key,
+        inputs=entry.inputs,
+        submitted_at=entry.recorded_at,
+    )
+
+
+async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
+    key = prepared.request.content_key
+    holder = await asyncio.to_thread(ctx.claims.try_claim, key)
+    if holder is not None:
+        raise ClaimedElsewhereError(f"being processed by {holder.describe()}")
+    warnings: list[str] = []
+    submitted = await _from_ledger(ctx, prepared, warnings)
+    if submitted is not None:
+        reused = True
+    else:
+        submitted, reused = await _submit(ctx, prepared, fresh=bool(warnings))
     try:
         prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
     except NotFoundError:
-        # Predictions are deleted after 7 days (or the cache points at another account): only a
-        # new submit can produce the mesh. This is billed, so say so in the metadata.
-        warning = (
-            f"prediction {submitted.prediction_id} no longer exists on WaveSpeed (results are kept "
-            "7 days); submitted again"
+        # Deleted after WaveSpeed's 7-day retention (or made with another account): only a new
+        # submit can produce the mesh. It is billed, so it is said in the metadata.
+        warnings.append(
+            f"prediction {submitted.prediction_id} no longer exists on WaveSpeed; submitted anew (billed)"
         )
-        ctx.logger.warning("%s: %s", prepared.item.id, warning)
-        warnings.append(warning)
-        refresh = submit.with_options(refresh_cache=True)
-        submitted = await refresh(ctx.client, prepared.request, ctx.storage_options)
-        reused = False
+        ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
+        submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
+        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+    if prediction.status == "failed" and prediction.code in TRANSIENT_TASK_CODES and ctx.retry_failed:
+        warnings.append(
+            f"prediction {prediction.id} failed with transient code {prediction.code}; "
+            "submitted again as asked (retry_failed, billed)"
+        )
+        ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
+        submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
         prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
     return PredictionResult(submitted, prediction, reused, tuple(warnings))
 
 
+class _Stopped(Exception):
+    """The run was stopped (rejected key) before this item's submit."""
+
+
 async def _shared_prediction(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
-    """One submit+wait per content key in this run, however many ids point at the same image."""
+    """One claim+submit+wait per content key in this run, however many ids share the image."""
     key = prepared.request.content_key
     running = ctx._predictions.get(key)
     if running is None:
@@ -156,6 +238,12 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
                 outcome.status = ItemStatus.failed
                 outcome.error = prediction.error or f"prediction {prediction.status}"
                 outcome.error_code = prediction.code or None
+        except ClaimedElsewhereError as exc:
+            outcome.status, outcome.error = ItemStatus.claimed_elsewhere, str(exc)
+            return outcome  # the other run owns this item's files
+        except _Stopped as exc:
+            outcome.error = f"not attempted: {exc}"
+            return outcome
         except AuthenticationError as exc:
             ctx.stop(str(exc))
             outcome.status, outcome.error = ItemStatus.error, str(exc)

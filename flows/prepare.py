@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import fsspec
 
 from flows.manifest import ManifestItem
-from tasks.images import ImageInfo, ImageProblem, inspect_image
+from tasks.images import MAX_IMAGE_BYTES, ImageInfo, ImageProblem, inspect_image
 from tasks.submit import ImageInput, SubmitRequest
 
 # Reading images to hash them is I/O bound; keep a few in flight, not thousands.
@@ -32,10 +33,18 @@ class RejectedItem:
     message: str
 
 
-def _read(path: str, storage_options: Mapping[str, Any]) -> bytes:
+def _read(path: str, storage_options: Mapping[str, Any]) -> tuple[bytes, int]:
+    """The file's bytes and its size; a file over the limit is read no further than the limit (a
+    huge file must not be loaded whole just to be refused)."""
     with fsspec.open(path, "rb", **dict(storage_options)) as handle:
-        data: bytes = handle.read()
-    return data
+        data: bytes = handle.read(MAX_IMAGE_BYTES + 1)
+        size = len(data)
+        if size > MAX_IMAGE_BYTES:
+            try:
+                size = int(handle.seek(0, os.SEEK_END))
+            except (OSError, ValueError, TypeError):
+                pass  # unknown: report at least the bytes read
+    return data, size
 
 
 def prepare_item(
@@ -57,13 +66,13 @@ def prepare_item(
         info = None
     else:
         try:
-            data = _read(item.image, storage_options)
+            data, size = _read(item.image, storage_options)
         except FileNotFoundError:
             return RejectedItem(item, "image", f"file does not exist: {item.image}")
         except OSError as exc:
             return RejectedItem(item, "image", f"cannot read {item.image}: {exc}")
         try:
-            info = inspect_image(data)
+            info = inspect_image(data, size=size)
         except ImageProblem as exc:
             return RejectedItem(item, "image", f"{exc}: {item.image}")
         image = ImageInput(

@@ -24,10 +24,43 @@ class ItemStatus(StrEnum):
     timeout = "timeout"  # still running at the deadline; a re-run resumes it
     error = "error"  # anything else (network, storage, expired results...)
     skipped = "skipped"  # not attempted because the run was stopped (e.g. rejected API key)
+    claimed_elsewhere = "claimed_elsewhere"  # another live run on the same output is processing it
 
     @property
     def landed(self) -> bool:
         return self in (ItemStatus.completed, ItemStatus.already_done)
+
+    @property
+    def is_failure(self) -> bool:
+        """Did not land in this run and nobody else is landing it."""
+        return not self.landed and self is not ItemStatus.claimed_elsewhere
+
+
+ADVICE: dict[ItemStatus, str] = {
+    ItemStatus.submit_unknown: (
+        "{n} item(s) were submitted but the answer was lost (timeout or gateway error): WaveSpeed may "
+        "have accepted and billed them. They are not resent automatically. Check the predictions in "
+        "your WaveSpeed dashboard; to submit them again anyway (billed again if the first was "
+        "accepted), re-run with --resubmit-unknown (flow parameter resubmit_unknown=true)."
+    ),
+    ItemStatus.timeout: (
+        "{n} prediction(s) were still running at the deadline. Nothing is lost: re-run the same "
+        "manifest into the same output and it resumes polling them without paying again."
+    ),
+    ItemStatus.failed: (
+        "{n} prediction(s) failed on WaveSpeed (see each item's error code). Codes 5000/5003/5004 are "
+        "transient: re-run with --retry-failed (flow parameter retry_failed=true) to submit them "
+        "again — billed again. 14xx codes are permanent for that input: fix the image first."
+    ),
+    ItemStatus.error: (
+        "{n} item(s) hit an error (network, storage or API). Re-running the same manifest into the "
+        "same output retries them; predictions already paid for are resumed, not resubmitted."
+    ),
+    ItemStatus.invalid: "{n} manifest row(s) were rejected before anything was paid: fix them and re-run.",
+    ItemStatus.claimed_elsewhere: (
+        "{n} item(s) were being processed by another run writing to the same output; that run lands them."
+    ),
+}
 
 
 def utc_now() -> str:
@@ -61,6 +94,7 @@ class RunSummary(BaseModel):
     landed: int = 0
     failed: int = 0
     items: list[ItemOutcome] = Field(default_factory=list)
+    advice: list[str] = Field(default_factory=list, description="What to do about what did not land.")
     problems: list[str] = Field(default_factory=list, description="Manifest-level warnings.")
     stop_reason: str | None = Field(default=None, description="Why the run stopped early, if it did.")
     summary_url: str | None = None
@@ -82,6 +116,10 @@ class RunSummary(BaseModel):
         for item in items:
             counts[item.status.value] = counts.get(item.status.value, 0) + 1
         landed = sum(1 for item in items if item.status.landed)
+        failed = sum(1 for item in items if item.status.is_failure)
+        advice = [
+            text.format(n=counts[status.value]) for status, text in ADVICE.items() if status.value in counts
+        ]
         return cls(
             manifest=manifest,
             output=output,
@@ -92,7 +130,8 @@ class RunSummary(BaseModel):
             counts=counts,
             total=len(items),
             landed=landed,
-            failed=len(items) - landed,
+            failed=failed,
+            advice=advice,
             items=sorted(items, key=lambda item: item.row),
             problems=problems,
             stop_reason=stop_reason,

@@ -66,6 +66,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Extra model input applied to every item (repeatable).",
     )
     parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="Submit again predictions that failed with a transient code (5000/5003/5004). Billed again.",
+    )
+    parser.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="Submit again items whose earlier submit may have been accepted (timeout, 502/504). "
+        "May bill twice.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +122,8 @@ def _print_summary(summary: Any) -> None:
     for item in summary.items:
         if not item.status.landed:
             print(f"  {item.id}: {item.status.value}: {item.error}")
+    for advice in summary.advice:
+        print(f"- {advice}")
     if summary.summary_url:
         print(f"summary: {summary.summary_url}")
 
@@ -124,10 +137,13 @@ def run_flow(
     storage_options: dict[str, Any],
     inputs: dict[str, Any],
     wait_timeout_s: float | None,
+    retry_failed: bool = False,
+    resubmit_unknown: bool = False,
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
     apply_defaults()
     from flows.manifest import ManifestError, load_manifest
+    from tasks.models import UnknownModelError, check_model
     from tasks.settings import MissingAPIKeyError, WaveSpeedSettings
 
     if concurrency < 1:
@@ -138,6 +154,10 @@ def run_flow(
         raise UsageError(str(exc)) from exc
     except ValueError as exc:  # pydantic: a malformed WAVESPEED_* variable
         raise UsageError(f"invalid WAVESPEED_* setting: {exc}") from exc
+    try:
+        check_model(model)
+    except UnknownModelError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         load_manifest(manifest, storage_options)
     except ManifestError as exc:
@@ -156,6 +176,8 @@ def run_flow(
             storage_options=storage_options or None,
             inputs=inputs or None,
             wait_timeout_s=wait_timeout_s,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
             return_state=True,
         ),
     )
@@ -185,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 storage_options=dict(args.storage_options),
                 inputs=dict(args.inputs),
                 wait_timeout_s=args.wait_timeout,
+                retry_failed=args.retry_failed,
+                resubmit_unknown=args.resubmit_unknown,
             )
         if args.command == "demo":
             from hy3d.demo import run_demo

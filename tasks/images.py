@@ -25,13 +25,24 @@ class ImageInfo:
     height: int
 
 
-def inspect_image(data: bytes) -> ImageInfo:
-    """Format and size from the header only; raise :class:`ImageProblem` when outside the limits."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageProblem(f"image is {len(data) / 1e6:.1f} MB; WaveSpeed accepts at most 8 MB")
+def inspect_image(data: bytes, *, size: int | None = None) -> ImageInfo:
+    """Format and size from the header only; raise :class:`ImageProblem` when outside the limits.
+
+    ``size`` is the file's full size when ``data`` holds only its beginning (a reader may stop after
+    ``MAX_IMAGE_BYTES + 1`` bytes rather than load a huge file); it defaults to ``len(data)``.
+    """
+    total = len(data) if size is None else size
+    if total > MAX_IMAGE_BYTES:
+        raise ImageProblem(f"image is {total / 1e6:.1f} MB; WaveSpeed accepts at most 8 MB")
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format or "", image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses headers claiming ~90+ million pixels, far beyond the limit per side.
+        raise ImageProblem(
+            f"image is far larger than {MAX_SIDE_PX}x{MAX_SIDE_PX} px ({exc}); WaveSpeed accepts "
+            f"{MIN_SIDE_PX} to {MAX_SIDE_PX} px per side"
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageProblem("not a readable image (JPG, PNG or WEBP expected)") from exc
     content_type = CONTENT_TYPES.get(fmt)

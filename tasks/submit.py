@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -20,9 +21,11 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.client import WaveSpeedClient
+from tasks.errors import SubmitOutcomeUnknownError
 from tasks.images import EXTENSIONS
+from tasks.ledger import RETENTION, PredictionLedger
 
-RETENTION = timedelta(days=7)
+logger = logging.getLogger("hy3d.submit")
 
 
 class ImageInput(BaseModel):
@@ -104,15 +107,41 @@ async def upload_images(
     return urls
 
 
+async def _record(write: Callable[..., object], *args: Any) -> None:
+    try:
+        await asyncio.to_thread(write, *args)
+    except Exception as exc:  # the storage failing must not lose the prediction id we hold
+        logger.error("could not record the submit in the output's ledger: %s: %s", type(exc).__name__, exc)
+
+
 async def submit_prediction(
     client: WaveSpeedClient,
     request: SubmitRequest,
     storage_options: Mapping[str, Any] | None = None,
+    ledger: PredictionLedger | None = None,
 ) -> SubmittedPrediction:
     """Plain coroutine behind the task: upload, then one submit (see WaveSpeedClient.submit)."""
     image_urls = await upload_images(client, request.images, storage_options)
     inputs = {**request.inputs, **image_urls}
-    prediction = await client.submit(request.model, inputs)
+    try:
+        prediction = await client.submit(request.model, inputs)
+    except SubmitOutcomeUnknownError as exc:
+        if ledger is not None:
+            # So that a re-run does not resend it blindly either.
+            await _record(
+                ledger.record_unknown, request.content_key, request.model, request.api_root, exc.reason
+            )
+        raise
+    if ledger is not None:
+        # Paid for: remember it next to the output before anything else can go wrong.
+        await _record(
+            ledger.record_submitted,
+            request.content_key,
+            prediction.id,
+            request.model,
+            request.api_root,
+            inputs,
+        )
     return SubmittedPrediction(
         prediction_id=prediction.id,
         model=request.model,
@@ -135,6 +164,8 @@ async def submit(
     client: WaveSpeedClient,
     request: SubmitRequest,
     storage_options: dict[str, Any] | None = None,
+    ledger: PredictionLedger | None = None,
 ) -> SubmittedPrediction:
-    """Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss."""
-    return await submit_prediction(client, request, storage_options)
+    """Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss.
+    With a ``ledger``, the accepted prediction id is recorded in the output storage at once."""
+    return await submit_prediction(client, request, storage_options, ledger)
