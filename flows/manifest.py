@@ -575,6 +575,10 @@ class _Loader:
         explicit = raw.id is not None
         if raw.id is not None:
             item_id = raw.id
+        elif any(problem.field == "id" for problem in problems):
+            # The id given is unusable (e.g. not a string): do not fall back to the file name, whose
+            # claim would reject a later row that really uses that id as a duplicate.
+            return None
         elif resolved is None:
             return None  # the image is already reported; there is no id to check
         elif not resolved.stem:

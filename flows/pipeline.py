@@ -111,13 +111,14 @@ async def _from_ledger(
     entry = await asyncio.to_thread(ctx.ledger.read, prepared.request.content_key)
     if entry is None:
         return None
-    if entry.state == "unknown":
+    if entry.state in ("unknown", "submitting"):
+        reason = entry.reason or "the run stopped while the submit was in flight"
         if not ctx.resubmit_unknown:
             raise SubmitOutcomeUnknownError(
-                f"an earlier submit ({entry.recorded_at}) may have been accepted: {entry.reason}; "
+                f"an earlier submit ({entry.recorded_at}) may have been accepted: {reason}; "
                 "not resent (re-run with resubmit_unknown / --resubmit-unknown to pay again)"
             )
-        warnings.append(f"resubmitted although an earlier submit may have been accepted ({entry.reason})")
+        warnings.append(f"resubmitted although an earlier submit may have been accepted ({reason})")
         return None
     if entry.prediction_id is None:
         return None

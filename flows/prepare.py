@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from collections.abc import Mapping
@@ -40,10 +41,9 @@ def _read(path: str, storage_options: Mapping[str, Any]) -> tuple[bytes, int]:
         data: bytes = handle.read(MAX_IMAGE_BYTES + 1)
         size = len(data)
         if size > MAX_IMAGE_BYTES:
-            try:
+            # When the store cannot tell, report at least the bytes read.
+            with contextlib.suppress(OSError, ValueError, TypeError):
                 size = int(handle.seek(0, os.SEEK_END))
-            except (OSError, ValueError, TypeError):
-                pass  # unknown: report at least the bytes read
     return data, size
 
 

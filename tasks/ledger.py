@@ -1,9 +1,11 @@
 """What was paid for, kept in the output storage: ``DEST/.hy3d/predictions/<content key>.json``.
 
-Written the moment a submit is accepted — before any waiting — so a run killed at any point can
-be re-run and resume polling the predictions it already paid for. Prefect's cache record only
-exists once the submit task completes, and lives in result storage; this ledger lives next to the
-meshes, so whoever can write the output knows what was bought for it.
+Write-ahead: an intent is recorded just before a submit is sent, replaced by the prediction id the
+moment the submit is accepted — before any waiting — so a run killed at any point can be re-run and
+resume polling the predictions it already paid for. A run killed while a submit was in flight leaves
+the intent behind: that submit may have been accepted, so the re-run does not resend it blindly.
+Prefect's cache record only exists once the submit task completes, and lives in result storage;
+this ledger lives next to the meshes, so whoever can write the output knows what was bought for it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ RETENTION = timedelta(days=7)  # WaveSpeed deletes predictions and outputs after
 
 class LedgerEntry(BaseModel):
     content_key: str
-    state: Literal["submitted", "unknown"]
+    state: Literal["submitting", "submitted", "unknown"]
     prediction_id: str | None = None
     model: str
     api_root: str
@@ -53,6 +55,23 @@ class PredictionLedger:
             return LedgerEntry.model_validate(raw)
         except ValidationError:
             return None
+
+    def record_intent(self, content_key: str, model: str, api_root: str) -> LedgerEntry:
+        entry = LedgerEntry(
+            content_key=content_key,
+            state="submitting",
+            model=model,
+            api_root=api_root,
+            recorded_at=datetime.now(UTC).isoformat(),
+        )
+        self.storage.write_json(entry.model_dump(mode="json"), *self._parts(content_key))
+        return entry
+
+    def forget(self, content_key: str) -> None:
+        """The submit certainly was not accepted: nothing to remember."""
+        path = self.storage.path(*self._parts(content_key))
+        if self.storage.fs.exists(path):
+            self.storage.fs.rm_file(path)
 
     def record_submitted(
         self, content_key: str, prediction_id: str, model: str, api_root: str, inputs: dict[str, Any]

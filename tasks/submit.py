@@ -21,7 +21,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.client import WaveSpeedClient
-from tasks.errors import SubmitOutcomeUnknownError
+from tasks.errors import SubmitOutcomeUnknownError, WaveSpeedError
 from tasks.images import EXTENSIONS
 from tasks.ledger import RETENTION, PredictionLedger
 
@@ -123,6 +123,10 @@ async def submit_prediction(
     """Plain coroutine behind the task: upload, then one submit (see WaveSpeedClient.submit)."""
     image_urls = await upload_images(client, request.images, storage_options)
     inputs = {**request.inputs, **image_urls}
+    if ledger is not None:
+        # Write-ahead: if we die with the request in flight, the next run knows it may be billed.
+        # Failing to record means not submitting: better unpaid than untracked.
+        await asyncio.to_thread(ledger.record_intent, request.content_key, request.model, request.api_root)
     try:
         prediction = await client.submit(request.model, inputs)
     except SubmitOutcomeUnknownError as exc:
@@ -131,6 +135,12 @@ async def submit_prediction(
             await _record(
                 ledger.record_unknown, request.content_key, request.model, request.api_root, exc.reason
             )
+        raise
+    except WaveSpeedError:
+        if ledger is not None:
+            # Every other client error means refused or never sent: certainly not billed. (A
+            # cancellation leaves the intent in place: the request may have gone out.)
+            await _record(ledger.forget, request.content_key)
         raise
     if ledger is not None:
         # Paid for: remember it next to the output before anything else can go wrong.

@@ -13,6 +13,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 import asyncio
 import functools
 import http.server
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +111,24 @@ def run_flow(**parameters: Any) -> tuple[Any, Any]:
         return state, result.summary if isinstance(result, RunFailedError) else result
 
     return asyncio.run(go())
+
+
+def cli_command(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The installed ``hy3d`` script and an environment pointing at the session's Prefect API and
+    result store, so separate processes share the submit cache as separate machines would."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH
+
+    full_env = {
+        **os.environ,
+        **env,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value()),
+    }
+    return [str(Path(sys.executable).parent / "hy3d"), *args], full_env
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command, full_env = cli_command(args, env)
+    return subprocess.run(
+        command, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from emulator import EmulatorServer
 from hy3d.cli import main
-from tests.conftest import client_env
+from tests.conftest import client_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,22 +46,6 @@ def test_unreadable_manifest_is_a_configuration_error(
     assert "Traceback" not in err
 
 
-def _hy3d(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script in its own process, against the session's Prefect API."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH
-
-    full_env = {
-        **os.environ,
-        **env,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value()),
-    }
-    script = Path(sys.executable).parent / "hy3d"
-    return subprocess.run(
-        [str(script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 @pytest.mark.usefixtures("prefect_harness")
 def test_run_exit_codes_and_cross_process_cache(
     emulator: EmulatorServer, samples: Path, tmp_path: Path
@@ -73,13 +54,13 @@ def test_run_exit_codes_and_cross_process_cache(
     manifest.write_text("id,image\nball,red-ball.png\nmug,blue-mug.png\n")
     env = client_env(emulator)
 
-    first = _hy3d(["run", str(manifest), "--output", str(tmp_path / "a")], env, tmp_path)
+    first = run_cli(["run", str(manifest), "--output", str(tmp_path / "a")], env, tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2/2 meshes landed" in first.stdout
     assert emulator.stats.submits_accepted == 2
 
     # Another process, another destination: the content-keyed cache means nothing is paid again.
-    second = _hy3d(["run", str(manifest), "--output", str(tmp_path / "b")], env, tmp_path)
+    second = run_cli(["run", str(manifest), "--output", str(tmp_path / "b")], env, tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert emulator.stats.submits_received == 2
     assert (tmp_path / "b" / "ball" / "mesh.glb").exists()
@@ -87,14 +68,14 @@ def test_run_exit_codes_and_cross_process_cache(
     # A failing item: exit 1, the failure named on stdout.
     emulator.config.failure_rate, emulator.config.failure_codes = 1.0, (5003,)
     manifest.write_text("id,image\nball,red-ball.png\nstar,gold-star.png\n")
-    third = _hy3d(["run", str(manifest), "--output", str(tmp_path / "a")], env, tmp_path)
+    third = run_cli(["run", str(manifest), "--output", str(tmp_path / "a")], env, tmp_path)
     assert third.returncode == 1, third.stdout + third.stderr
     assert "star: failed" in third.stdout
     star = json.loads((tmp_path / "a" / "star" / "metadata.json").read_text())
     assert star["prediction"]["code"] == 5003
 
     # A rejected key: exit 2, one clear line, no traceback.
-    wrong = _hy3d(
+    wrong = run_cli(
         ["run", str(manifest), "--output", str(tmp_path / "c")],
         {**env, "WAVESPEED_API_KEY": "wsk-nope"},
         tmp_path,
@@ -107,7 +88,7 @@ def test_run_exit_codes_and_cross_process_cache(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_demo_lands_the_sample_meshes(tmp_path: Path) -> None:
-    result = _hy3d(["demo", "--output", str(tmp_path / "demo"), "--latency", "0.3"], {}, tmp_path)
+    result = run_cli(["demo", "--output", str(tmp_path / "demo"), "--latency", "0.3"], {}, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     meshes = sorted(p.parent.name for p in (tmp_path / "demo").glob("*/mesh.glb"))
     assert meshes == ["blue-mug", "gold-star", "green-pyramid", "red-ball"]

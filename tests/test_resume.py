@@ -1,0 +1,249 @@
+"""Never pay twice, never lose a mesh: resume after a crash, ambiguous submits, concurrent runs,
+verified downloads and retries of what failed — all against the emulator's own counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from emulator import EmulatorServer
+from tests.conftest import cli_command, client_env, run_cli, run_flow
+from tests.test_flow import NAMES, assert_landed, write_csv
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def ledger_entries(output: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((output / ".hy3d" / "predictions").glob("*.json"))]
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_timeout_then_rerun_resumes_from_the_ledger_alone(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path, prefect_harness: Path
+) -> None:
+    emulator.config.latency_s, emulator.config.jitter_s = 2.5, 0.0
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    output = tmp_path / "out"
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output), wait_timeout_s=0.5)
+
+    assert state.is_failed()
+    assert summary.counts == {"timeout": 1}
+    assert any("resumes polling" in advice for advice in summary.advice)
+    (entry,) = ledger_entries(output)
+    assert entry["state"] == "submitted"
+    assert entry["prediction_id"] == summary.items[0].prediction_id
+    # Forget Prefect's cache entirely: resuming must rest on the output's own ledger.
+    shutil.rmtree(prefect_harness)
+    prefect_harness.mkdir()
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_completed(), state.message
+    metadata = assert_landed(output, "ball")
+    assert metadata["prediction"]["id"] == entry["prediction_id"]
+    assert metadata["prediction"]["reused"] is True
+    assert emulator.stats.submits_received == 1
+
+
+def test_kill_9_while_waiting_then_rerun_pays_nothing_twice(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    emulator.config.latency_s, emulator.config.max_concurrency = 3.0, 8
+    manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
+    output = tmp_path / "out"
+    args = ["run", str(manifest), "--output", str(output), "--concurrency", "4"]
+    command, env = cli_command(args, client_env(emulator))
+
+    process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: len([e for e in ledger_entries(output) if e["state"] == "submitted"]) == 4)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    assert emulator.stats.submits_accepted == 4
+    assert not list(output.glob("*/mesh.glb"))  # killed while the predictions were still running
+
+    rerun = run_cli(args, client_env(emulator), tmp_path)
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert emulator.stats.submits_received == 4
+    for name in NAMES:
+        assert_landed(output, Path(name).stem)
+    assert not list(output.rglob("*.partial"))
+
+
+def test_a_submit_in_flight_at_a_crash_is_not_resent(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    """A write-ahead intent without a prediction id means the request may have been accepted."""
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    output = tmp_path / "out"
+    run_flow(manifest=str(manifest), output=str(output), wait_timeout_s=0.05)
+    (path,) = (output / ".hy3d" / "predictions").glob("*.json")
+    entry = json.loads(path.read_text())
+    # What a kill -9 between sending the submit and reading its answer leaves behind:
+    path.write_text(json.dumps({**entry, "state": "submitting", "prediction_id": None}))
+    submits = emulator.stats.submits_received
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_failed()
+    assert summary.counts == {"submit_unknown": 1}
+    assert "in flight" in summary.items[0].error
+    assert emulator.stats.submits_received == submits
+
+
+def test_ambiguous_submit_is_recorded_explained_and_resent_only_when_asked(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    emulator.config.submit_5xx_rate, emulator.config.fault_5xx_statuses = 1.0, (502,)
+    emulator.config.submit_5xx_accepted = True  # the server did create (and bill) the prediction
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    output = tmp_path / "out"
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_failed()
+    assert summary.counts == {"submit_unknown": 1}
+    assert "502" in summary.items[0].error
+    assert any("--resubmit-unknown" in advice for advice in summary.advice)
+    metadata = json.loads((output / "ball" / "metadata.json").read_text())
+    assert metadata["status"] == "submit_unknown"
+    assert (emulator.stats.submits_received, emulator.stats.submits_accepted) == (1, 1)
+
+    emulator.config.submit_5xx_rate = 0.0
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+    assert summary.counts == {"submit_unknown": 1}
+    assert emulator.stats.submits_received == 1  # a plain re-run does not resend it
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output), resubmit_unknown=True)
+    assert state.is_completed(), state.message
+    metadata = assert_landed(output, "ball")
+    assert emulator.stats.submits_received == 2
+    assert any("may have been accepted" in warning for warning in metadata["warnings"])
+
+
+def test_two_runs_on_one_output_claim_each_image_once(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    emulator.config.latency_s, emulator.config.max_concurrency = 1.0, 8
+    manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
+    output = tmp_path / "out"
+    args = ["run", str(manifest), "--output", str(output), "--concurrency", "4"]
+    command, env = cli_command(args, client_env(emulator))
+
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [run.communicate(timeout=240) for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], results
+    for name in NAMES:
+        assert emulator.stats.submits_for_image_bytes((samples / name).read_bytes()) == 1
+        assert_landed(output, Path(name).stem)
+    assert emulator.stats.submits_accepted == 4
+    assert not list((output / ".hy3d" / "claims").glob("*.json"))  # released when done
+
+
+def test_transient_failures_are_resubmitted_only_with_retry_failed(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    emulator.config.failure_rate, emulator.config.failure_codes = 1.0, (5003,)
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    output = tmp_path / "out"
+    run_flow(manifest=str(manifest), output=str(output))
+    assert json.loads((output / "ball" / "metadata.json").read_text())["error"]["code"] == 5003
+
+    emulator.config.failure_rate = 0.0
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+    assert summary.counts == {"failed": 1}
+    assert any("--retry-failed" in advice for advice in summary.advice)
+    assert emulator.stats.submits_received == 1  # a re-run re-reads the failure, pays nothing
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output), retry_failed=True)
+    assert state.is_completed(), state.message
+    metadata = assert_landed(output, "ball")
+    assert emulator.stats.submits_received == 2
+    assert any("5003" in warning for warning in metadata["warnings"])
+
+
+def test_permanent_failures_are_not_resubmitted_even_with_retry_failed(
+    emulator: EmulatorServer, image_server: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "urls.txt"
+    manifest.write_text(f"{image_server}/missing.png\n")
+    run_flow(manifest=str(manifest), output=str(tmp_path / "out"))
+    _state, summary = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), retry_failed=True)
+    assert summary.counts == {"failed": 1}
+    assert summary.items[0].error_code == 1402
+    assert emulator.stats.submits_received == 1
+
+
+def test_expired_prediction_is_submitted_anew_with_a_warning(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    emulator.config.retention_s = 1.0
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    run_flow(manifest=str(manifest), output=str(tmp_path / "first"))
+    time.sleep(1.2)  # past the emulator's retention: the cached prediction answers 404 now
+
+    state, _ = run_flow(manifest=str(manifest), output=str(tmp_path / "second"))
+
+    assert state.is_completed(), state.message
+    metadata = assert_landed(tmp_path / "second", "ball")
+    assert any("no longer exists" in warning for warning in metadata["warnings"])
+    assert emulator.stats.submits_accepted == 2
+
+
+def test_ledger_older_than_retention_is_submitted_anew(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+    output = tmp_path / "out"
+    run_flow(manifest=str(manifest), output=str(output), wait_timeout_s=0.05)
+    (path,) = (output / ".hy3d" / "predictions").glob("*.json")
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, "recorded_at": "2026-01-01T00:00:00+00:00"}))
+
+    state, _ = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_completed(), state.message
+    metadata = assert_landed(output, "ball")
+    assert any("7-day retention" in warning for warning in metadata["warnings"])
+    assert emulator.stats.submits_accepted == 2
+
+
+def test_truncated_downloads_and_poll_faults_are_retried(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    config = emulator.config
+    config.download_truncate_rate, config.poll_429_rate, config.poll_5xx_rate = 0.5, 0.25, 0.25
+    manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
+    output = tmp_path / "out"
+
+    state, _summary = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_completed(), state.message
+    for name in NAMES:
+        assert_landed(output, Path(name).stem)
+    assert emulator.stats.downloads_truncated > 0
+    assert emulator.stats.fault_count("poll_429") > 0
+    assert not list(output.rglob("*.partial"))
+    assert emulator.stats.submits_accepted == 4
