@@ -46,11 +46,11 @@ class Storage:
 
     def path(self, *parts: str) -> str:
         """The file system path (no protocol) of ``parts`` under the root."""
-        return "/".join([self.root, *parts])
+        return "/".join([self.root, *_checked(parts)])
 
     def url(self, *parts: str) -> str:
         """The user-facing URL of ``parts`` under the root, protocol kept."""
-        return "/".join([self.root_url, *parts])
+        return "/".join([self.root_url, *_checked(parts)])
 
     def exists(self, *parts: str) -> bool:
         return bool(self.fs.exists(self.path(*parts)))
@@ -115,6 +115,19 @@ class Storage:
             self.publish(staged, *parts)
         finally:
             discard(staged)
+
+
+class UnsafePathError(ValueError):
+    """A path component that could point outside the output folder."""
+
+
+def _checked(parts: tuple[str, ...]) -> tuple[str, ...]:
+    # Ids are validated when the manifest is read; this is the last line of defence, so that no
+    # component can ever address a file outside DEST.
+    for part in parts:
+        if not part or part in (".", "..") or any(c in part for c in "/\\\0"):
+            raise UnsafePathError(f"refusing unsafe path component {part!r}")
+    return parts
 
 
 def discard(path: str) -> None:

@@ -179,3 +179,83 @@ def test_repr_and_errors_never_show_the_key(emulator: EmulatorServer) -> None:
     assert secret not in repr(settings)
     assert secret not in str(settings.model_dump())
     asyncio.run(client.aclose())
+
+
+def _scripted(*steps: object) -> httpx.MockTransport:
+    """A transport answering polls from a script: a dict is a 200 envelope around it, an int a bare
+    status, bytes a raw 200 body, an exception class is raised as if the network failed."""
+    script = list(steps)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        step = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(step, type) and issubclass(step, Exception):
+            raise step("scripted failure", request=request)  # type: ignore[call-arg]
+        if isinstance(step, int):
+            return httpx.Response(step, json={"code": step, "message": "scripted"})
+        if isinstance(step, bytes):
+            return httpx.Response(200, content=step)
+        return httpx.Response(200, json={"code": 200, "message": "success", "data": step})
+
+    return httpx.MockTransport(handle)
+
+
+def _prediction(status: str) -> dict[str, object]:
+    outputs = ["https://cdn.example.test/out.glb"] if status == "completed" else []
+    return {"id": "a" * 32, "status": status, "outputs": outputs, "error": "", "code": 0}
+
+
+def test_wait_rides_out_resets_bad_json_unknown_statuses_and_bare_429() -> None:
+    transport = _scripted(
+        httpx.ReadError,
+        b"<html>not json</html>",
+        429,
+        _prediction("queued"),  # unknown status: keep waiting
+        503,
+        httpx.RemoteProtocolError,
+        _prediction("processing"),
+        _prediction("completed"),
+    )
+
+    async def go() -> None:
+        settings = WaveSpeedSettings(api_key="k", base_url="http://ws.test", poll_initial_interval_s=0.01)
+        async with WaveSpeedClient(settings, transport=transport) as client:
+            done = await client.wait("a" * 32, timeout_s=30)
+        assert done.status == "completed"
+        assert done.output_by_extension(".glb") == "https://cdn.example.test/out.glb"
+
+    asyncio.run(go())
+
+
+def test_wait_gives_up_at_the_deadline_not_before() -> None:
+    from tasks.errors import PredictionTimeoutError
+
+    async def go() -> None:
+        settings = WaveSpeedSettings(api_key="k", base_url="http://ws.test", poll_initial_interval_s=0.05)
+        async with WaveSpeedClient(settings, transport=_scripted(_prediction("processing"))) as client:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(PredictionTimeoutError) as raised:
+                await client.wait("a" * 32, timeout_s=0.5)
+            assert 0.45 <= asyncio.get_running_loop().time() - started < 2
+            assert raised.value.last_status == "processing"
+
+    asyncio.run(go())
+
+
+def test_submit_connection_refused_is_retried_then_reported_as_not_sent() -> None:
+    from tasks.errors import RequestNotSentError
+
+    calls = 0
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def go() -> None:
+        settings = WaveSpeedSettings(api_key="k", base_url="http://ws.test", request_attempts=3)
+        async with WaveSpeedClient(settings, transport=httpx.MockTransport(refuse)) as client:
+            with pytest.raises(RequestNotSentError):
+                await client.submit(MODEL, {"image": "https://example.test/a.png"})
+
+    asyncio.run(go())
+    assert calls == 3  # never reached the server, so resending could not bill twice
