@@ -46,6 +46,14 @@ def _invalid(message: str, row: int, item_id: str, source: str) -> ItemOutcome:
     return ItemOutcome(id=item_id, row=row, status=ItemStatus.invalid, source=source, error=message)
 
 
+def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
+    """One invalid item per rejected row, however many problems the row has."""
+    by_row: dict[int, list[str]] = {}
+    for error in errors:
+        by_row.setdefault(error.row, []).append(str(error))
+    return [_invalid("; ".join(messages), row, f"row-{row}", "") for row, messages in by_row.items()]
+
+
 def _summary_name(started_at: str, run_id: str | None) -> str:
     stamp = started_at.replace(":", "").replace("-", "").replace(".", "")
     return f"{stamp}-{run_id or 'local'}.json"
@@ -122,7 +130,7 @@ async def generate_meshes(
             api_root=settings.base_url,
             storage_options=options,
         )
-        outcomes = [_invalid(str(error), error.row, f"row-{error.row}", "") for error in loaded.errors]
+        outcomes = _invalid_rows(loaded.errors)
         runnable: list[PreparedItem] = []
         for entry in prepared:
             if isinstance(entry, RejectedItem):

@@ -69,8 +69,8 @@ def prepare_item(
             data, size = _read(item.image, storage_options)
         except FileNotFoundError:
             return RejectedItem(item, "image", f"file does not exist: {item.image}")
-        except OSError as exc:
-            return RejectedItem(item, "image", f"cannot read {item.image}: {exc}")
+        except Exception as exc:  # any storage backend's error: reject this item, not the run
+            return RejectedItem(item, "image", f"cannot read {item.image}: {type(exc).__name__}: {exc}")
         try:
             info = inspect_image(data, size=size)
         except ImageProblem as exc:

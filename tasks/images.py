@@ -10,7 +10,8 @@ from PIL import Image, UnidentifiedImageError
 MIN_SIDE_PX = 128
 MAX_SIDE_PX = 5000
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
-CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# Pillow calls many camera JPEGs "MPO" (a JPEG with extra frames appended): still a JPEG file.
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp"}
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 

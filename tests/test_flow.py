@@ -277,3 +277,36 @@ def test_missing_api_key_stops_before_any_request(
     assert state.is_failed()
     assert "WAVESPEED_API_KEY" in state.message
     assert sum(emulator.stats.requests.values()) == 0
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_manifest_images_and_output_on_fsspec_urls(
+    scheme: str, emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    import uuid
+
+    import fsspec
+
+    root = f"memory://hy3d-test-{uuid.uuid4().hex}" if scheme == "memory" else f"file://{tmp_path}/store"
+    fs, base = fsspec.core.url_to_fs(root)
+    fs.makedirs(f"{base}/in", exist_ok=True)
+    for name in NAMES[:2]:
+        fs.pipe_file(f"{base}/in/{name}", (samples / name).read_bytes())
+    fs.pipe_file(
+        f"{base}/in/manifest.csv",
+        b"id,image\n" + b"".join(f"{Path(n).stem},{n}\n".encode() for n in NAMES[:2]),
+    )
+
+    state, summary = run_flow(manifest=f"{root}/in/manifest.csv", output=f"{root}/out")
+
+    assert state.is_completed(), state.message
+    assert summary.landed == 2
+    for name in NAMES[:2]:
+        item = Path(name).stem
+        metadata = json.loads(fs.cat_file(f"{base}/out/{item}/metadata.json"))
+        assert metadata["status"] == "completed"
+        mesh = fs.cat_file(f"{base}/out/{item}/mesh.glb")
+        assert mesh[:4] == b"glTF" and len(mesh) == metadata["output"]["bytes"]
+    assert len(fs.glob(f"{base}/out/runs/*.json")) == 1
+    assert fs.glob(f"{base}/out/**/*.partial") == []
+    assert emulator.stats.submits_accepted == 2

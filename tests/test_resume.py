@@ -231,10 +231,13 @@ def test_ledger_older_than_retention_is_submitted_anew(
 
 
 def test_truncated_downloads_and_poll_faults_are_retried(
-    emulator: EmulatorServer, samples: Path, tmp_path: Path
+    emulator: EmulatorServer, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = emulator.config
-    config.download_truncate_rate, config.poll_429_rate, config.poll_5xx_rate = 0.5, 0.25, 0.25
+    config.download_truncate_rate, config.poll_429_rate, config.poll_5xx_rate = 0.4, 0.2, 0.2
+    # Harsh rates: give each request enough attempts that the run cannot lose by bad luck
+    # (0.4 ** 12 per request), so the test checks the retrying, not the dice.
+    monkeypatch.setenv("WAVESPEED_REQUEST_ATTEMPTS", "12")
     manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
     output = tmp_path / "out"
 
