@@ -6,22 +6,29 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from prefect import State, flow, get_run_logger
+from prefect import State, Task, flow, get_run_logger
+from prefect.blocks.core import Block
+from prefect.exceptions import ObjectNotFound
+from prefect.filesystems import WritableFileSystem
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
 
+from flows.artifacts import ProgressArtifact, publish_run_artifacts
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
 from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
+from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
-from tasks.models import UnknownModelError, check_model
-from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError, WaveSpeedSettings
+from tasks.limits import SubmitThrottle, ensure_global_limit
+from tasks.models import KNOWN_MODELS, UnknownModelError, check_model
+from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
+from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
@@ -44,6 +51,40 @@ def _writable_storage(output: str, options: dict[str, Any]) -> Storage:
 
 def _invalid(message: str, row: int, item_id: str, source: str) -> ItemOutcome:
     return ItemOutcome(id=item_id, row=row, status=ItemStatus.invalid, source=source, error=message)
+
+
+class ConfigurationError(ValueError):
+    """A flow parameter that cannot work (a limit or block that cannot be set up)."""
+
+
+async def _submit_task(cache_storage_block: str | None) -> Task[..., Any]:
+    """The submit task, with its cache records and results on the named filesystem block if any."""
+    if not cache_storage_block:
+        return submit
+    try:
+        block = await Block.aload(cache_storage_block)
+    except (ValueError, ObjectNotFound) as exc:
+        raise ConfigurationError(
+            f"cannot load the cache storage block {cache_storage_block!r} (expected 'type-slug/name', "
+            f"e.g. 'remote-file-system/hy3d-cache'): {exc}"
+        ) from exc
+    if not isinstance(block, WritableFileSystem):
+        raise ConfigurationError(f"block {cache_storage_block!r} is not a writable filesystem block")
+    return submit.with_options(result_storage=block)
+
+
+async def _ensure_limits(
+    concurrency_limit_name: str | None, concurrency: int, rate_limit_name: str | None, per_minute: int | None
+) -> None:
+    if rate_limit_name and not per_minute:
+        raise ConfigurationError("rate_limit_name needs submits_per_minute (the rate to enforce)")
+    try:
+        if concurrency_limit_name:
+            await ensure_global_limit(concurrency_limit_name, concurrency)
+        if rate_limit_name and per_minute:
+            await ensure_global_limit(rate_limit_name, per_minute, per_minute=per_minute)
+    except Exception as exc:  # the server refusing (bad name...) is a configuration problem
+        raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
 
 
 def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
@@ -72,7 +113,11 @@ async def generate_meshes(
         str,
         Field(description="Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://)."),
     ],
-    model: Annotated[str, Field(description="WaveSpeed model id.")] = DEFAULT_MODEL,
+    model: Annotated[
+        str,
+        # A plain string checked in the body (one clear error), offered as a choice in the UI form.
+        Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
+    ] = DEFAULT_MODEL,
     concurrency: Annotated[
         int, Field(ge=1, le=10_000, description="Predictions in flight (WaveSpeed Bronze tier allows 2).")
     ] = 2,
@@ -96,6 +141,35 @@ async def generate_meshes(
         bool,
         Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
     ] = False,
+    credentials_block: Annotated[
+        str | None,
+        Field(description="Name of a saved WaveSpeed Credentials block; default: WAVESPEED_* settings."),
+    ] = None,
+    submits_per_minute: Annotated[
+        int | None,
+        Field(ge=1, description="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap."),
+    ] = None,
+    concurrency_limit_name: Annotated[
+        str | None,
+        Field(
+            description="Prefect global concurrency limit capping predictions in flight across all runs "
+            "(created with `concurrency` slots if missing). Default: this run's own limit only."
+        ),
+    ] = None,
+    rate_limit_name: Annotated[
+        str | None,
+        Field(
+            description="Prefect global concurrency limit used as a shared submits-per-minute rate limit "
+            "(created from `submits_per_minute` if missing)."
+        ),
+    ] = None,
+    cache_storage_block: Annotated[
+        str | None,
+        Field(
+            description="Saved Prefect filesystem block ('remote-file-system/NAME') holding submit cache "
+            "records, so workers on different hosts share the never-pay-twice guarantee."
+        ),
+    ] = None,
 ) -> State[Any]:
     """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
     a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land."""
@@ -104,13 +178,22 @@ async def generate_meshes(
     options = dict(storage_options or {})
 
     # Configuration problems end the run before any work, each as one clear message.
-    settings = WaveSpeedSettings()
     try:
+        settings = await aresolve_settings(credentials_block)
         settings.require_api_key()
         check_model(model)
         loaded = await asyncio.to_thread(load_manifest, manifest, options)
         storage = await asyncio.to_thread(_writable_storage, output, options)
-    except (MissingAPIKeyError, UnknownModelError, ManifestError, OutputNotWritableError) as exc:
+        submit_task = await _submit_task(cache_storage_block)
+        await _ensure_limits(concurrency_limit_name, concurrency, rate_limit_name, submits_per_minute)
+    except (
+        MissingAPIKeyError,
+        CredentialsBlockNotFoundError,
+        UnknownModelError,
+        ManifestError,
+        OutputNotWritableError,
+        ConfigurationError,
+    ) as exc:
         return Failed(message=str(exc), data=exc)
 
     problems = [str(warning) for warning in loaded.warnings]
@@ -155,9 +238,20 @@ async def generate_meshes(
             flow_run_id=run_id,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
+            throttle=SubmitThrottle(submits_per_minute, rate_limit_name if submits_per_minute else None),
+            in_flight_limit=concurrency_limit_name,
+            submit_task=submit_task,
         )
+        progress = ProgressArtifact(len(runnable), f"Meshes from {manifest} into {output}")
+        await progress.start()
+
+        async def tracked(entry: PreparedItem) -> ItemOutcome:
+            outcome = await process_item(ctx, entry)
+            await progress.advance()
+            return outcome
+
         try:
-            outcomes += await asyncio.gather(*(process_item(ctx, entry) for entry in runnable))
+            outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
         finally:
             await asyncio.to_thread(ctx.claims.release_all)
 
@@ -177,6 +271,7 @@ async def generate_meshes(
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
     for advice in summary.advice:
         logger.warning(advice)
+    await publish_run_artifacts(summary)
     if summary.failed or summary.stop_reason:
         error = RunFailedError(summary)
         return Failed(message=str(error), data=error)

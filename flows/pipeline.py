@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect import Task
+
 from flows.prepare import PreparedItem
 from flows.records import (
     MESH_FILE,
@@ -32,6 +34,7 @@ from tasks.errors import (
 )
 from tasks.fetch import FetchedMesh, fetch
 from tasks.ledger import PredictionLedger
+from tasks.limits import SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
 from tasks.submit import SubmittedPrediction, submit
@@ -64,6 +67,9 @@ class RunContext:
     flow_run_id: str | None = None
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    throttle: SubmitThrottle | None = None
+    in_flight_limit: str | None = None  # Prefect global concurrency limit shared by all runs
+    submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
     _slots: asyncio.Semaphore = field(init=False)
     _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
@@ -84,10 +90,10 @@ async def _submit(
     Returns the submission and whether it was served from the cache."""
     if ctx.stop_reason is not None:
         raise _Stopped(ctx.stop_reason)
-    task = submit.with_options(refresh_cache=True) if fresh else submit
+    task = ctx.submit_task.with_options(refresh_cache=True) if fresh else ctx.submit_task
     # Prefect types an async task called with return_state=True as State; at run time it is awaitable.
-    state = await task(  # type: ignore[misc]
-        ctx.client, prepared.request, ctx.storage_options, ctx.ledger, return_state=True
+    state = await task(
+        ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle, return_state=True
     )
     submitted: SubmittedPrediction = await state.aresult()
     cached = state.name == "Cached"
@@ -142,6 +148,11 @@ async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> Predictio
     holder = await asyncio.to_thread(ctx.claims.try_claim, key)
     if holder is not None:
         raise ClaimedElsewhereError(f"being processed by {holder.describe()}")
+    async with in_flight_slot(ctx.in_flight_limit):
+        return await _claimed_submit_and_wait(ctx, prepared)
+
+
+async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
     warnings: list[str] = []
     submitted = await _from_ledger(ctx, prepared, warnings)
     if submitted is not None:

@@ -24,6 +24,7 @@ from tasks.client import WaveSpeedClient
 from tasks.errors import SubmitOutcomeUnknownError, WaveSpeedError
 from tasks.images import EXTENSIONS
 from tasks.ledger import RETENTION, PredictionLedger
+from tasks.limits import SubmitThrottle
 
 logger = logging.getLogger("hy3d.submit")
 
@@ -119,10 +120,13 @@ async def submit_prediction(
     request: SubmitRequest,
     storage_options: Mapping[str, Any] | None = None,
     ledger: PredictionLedger | None = None,
+    throttle: SubmitThrottle | None = None,
 ) -> SubmittedPrediction:
     """Plain coroutine behind the task: upload, then one submit (see WaveSpeedClient.submit)."""
     image_urls = await upload_images(client, request.images, storage_options)
     inputs = {**request.inputs, **image_urls}
+    if throttle is not None:
+        await throttle.acquire()  # submits per minute; a cache hit never gets here
     if ledger is not None:
         # Write-ahead: if we die with the request in flight, the next run knows it may be billed.
         # Failing to record means not submitting: better unpaid than untracked.
@@ -175,7 +179,8 @@ async def submit(
     request: SubmitRequest,
     storage_options: dict[str, Any] | None = None,
     ledger: PredictionLedger | None = None,
+    throttle: SubmitThrottle | None = None,
 ) -> SubmittedPrediction:
     """Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss.
     With a ``ledger``, the accepted prediction id is recorded in the output storage at once."""
-    return await submit_prediction(client, request, storage_options, ledger)
+    return await submit_prediction(client, request, storage_options, ledger, throttle)

@@ -259,3 +259,25 @@ def test_submit_connection_refused_is_retried_then_reported_as_not_sent() -> Non
 
     asyncio.run(go())
     assert calls == 3  # never reached the server, so resending could not bill twice
+
+
+def test_outputs_are_fetched_only_over_http_and_within_the_size_cap(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    from tasks.download import download_to_file
+    from tasks.errors import DownloadError
+
+    async def go() -> None:
+        async with client_for(emulator) as client:
+            for url in ("file:///etc/passwd", "ftp://example.test/a.glb", "s3://bucket/a.glb"):
+                with pytest.raises(DownloadError, match="not http"):
+                    async with client.stream_output(url):
+                        pass
+            _, output = await _submit_and_wait(client)
+            target = tmp_path / "mesh.glb"
+            with pytest.raises(DownloadError, match="cap"):
+                await download_to_file(client, output, str(target), max_bytes=1000)
+            done = await download_to_file(client, output, str(target), max_bytes=10**9)
+            assert done.size == target.stat().st_size > 1000
+
+    asyncio.run(go())

@@ -1,0 +1,100 @@
+"""Limits on what we ask of WaveSpeed: predictions in flight, and submits per minute.
+
+In one process an asyncio semaphore / sliding window does the job; across runs and workers the
+same limits are Prefect global concurrency limits, named by the caller (they need a Prefect server,
+which every flow run has: a real one or the temporary one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import concurrency, rate_limit
+from prefect.exceptions import ObjectNotFound
+
+logger = logging.getLogger("hy3d.limits")
+
+WINDOW_S = 60.0
+
+
+class SubmitRateLimiter:
+    """At most ``per_minute`` submits in any 60-second window (WaveSpeed counts submits per minute)."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if per_minute < 1:
+            raise ValueError("submits per minute must be at least 1")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                while self._sent and now - self._sent[0] >= WINDOW_S:
+                    self._sent.popleft()
+                if len(self._sent) < self.per_minute:
+                    self._sent.append(now)
+                    return
+                await self._sleep(self._sent[0] + WINDOW_S - now)
+
+
+class SubmitThrottle:
+    """What the submit task calls right before sending: the local window, then Prefect's shared
+    rate limit when a name is given."""
+
+    def __init__(self, per_minute: int | None, shared_limit: str | None) -> None:
+        self.local = SubmitRateLimiter(per_minute) if per_minute else None
+        self.shared_limit = shared_limit
+
+    async def acquire(self) -> None:
+        if self.local is not None:
+            await self.local.acquire()
+        if self.shared_limit:
+            await rate_limit(self.shared_limit)
+
+
+def in_flight_slot(limit_name: str | None) -> AbstractAsyncContextManager[object]:
+    """Hold one slot of the named global concurrency limit for a prediction's whole life."""
+    if not limit_name:
+        return nullcontext()
+    return _held(limit_name)
+
+
+@asynccontextmanager
+async def _held(limit_name: str) -> AsyncIterator[None]:
+    async with concurrency(limit_name, occupy=1, strict=True):
+        yield
+
+
+async def ensure_global_limit(name: str, limit: int, *, per_minute: int | None = None) -> bool:
+    """Create the named global concurrency limit if it does not exist (an existing one is left as
+    configured: an operator may have tuned it). With ``per_minute`` it is a rate limit: slots decay.
+    Returns True when it was created."""
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+            return False
+        except ObjectNotFound:
+            pass
+        decay = per_minute / WINDOW_S if per_minute else None
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit, slot_decay_per_second=decay or 0.0)
+        )
+    logger.info("created Prefect global concurrency limit %r (limit %d)", name, limit)
+    return True
