@@ -67,6 +67,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
     parser.add_argument(
+        "--submits-per-minute",
+        type=int,
+        default=None,
+        help="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap, 429s are retried.",
+    )
+    parser.add_argument(
         "--retry-failed",
         action="store_true",
         help="Submit again predictions that failed with a transient code (5000/5003/5004). Billed again.",
@@ -139,6 +145,7 @@ def run_flow(
     wait_timeout_s: float | None,
     retry_failed: bool = False,
     resubmit_unknown: bool = False,
+    submits_per_minute: int | None = None,
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
     apply_defaults()
@@ -148,6 +155,8 @@ def run_flow(
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if submits_per_minute is not None and submits_per_minute < 1:
+        raise UsageError("--submits-per-minute must be at least 1")
     try:
         WaveSpeedSettings().require_api_key()
     except MissingAPIKeyError as exc:
@@ -178,6 +187,7 @@ def run_flow(
             wait_timeout_s=wait_timeout_s,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
+            submits_per_minute=submits_per_minute,
             return_state=True,
         ),
     )
@@ -209,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wait_timeout_s=args.wait_timeout,
                 retry_failed=args.retry_failed,
                 resubmit_unknown=args.resubmit_unknown,
+                submits_per_minute=args.submits_per_minute,
             )
         if args.command == "demo":
             from hy3d.demo import run_demo
