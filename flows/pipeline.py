@@ -91,7 +91,6 @@ async def _submit(
     if ctx.stop_reason is not None:
         raise _Stopped(ctx.stop_reason)
     task = ctx.submit_task.with_options(refresh_cache=True) if fresh else ctx.submit_task
-    # Prefect types an async task called with return_state=True as State; at run time it is awaitable.
     state = await task(
         ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle, return_state=True
     )
