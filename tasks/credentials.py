@@ -45,13 +45,13 @@ class WaveSpeedCredentials(CredentialsBlock):
     ``WAVESPEED_*`` environment variables.
 
     Example:
-        Load stored WaveSpeed credentials and make a client:
+        Load stored WaveSpeed credentials and make a client (in async code, load with
+        ``await WaveSpeedCredentials.aload("BLOCK_NAME")`` instead):
         ```python
         from tasks.credentials import WaveSpeedCredentials
 
         wavespeed_credentials_block = WaveSpeedCredentials.load("BLOCK_NAME")
-        async with wavespeed_credentials_block.get_client() as client:
-            ...
+        client = wavespeed_credentials_block.get_client()  # then: async with client: ...
         ```
     """
 

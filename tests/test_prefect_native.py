@@ -119,9 +119,8 @@ def test_missing_global_limit_is_created_with_the_run_concurrency(
 def test_cache_records_on_a_filesystem_block_are_shared(
     emulator: EmulatorServer, samples: Path, tmp_path: Path, prefect_harness: Path
 ) -> None:
-    from prefect.filesystems import RemoteFileSystem
-
     import fsspec
+    from prefect.filesystems import RemoteFileSystem
 
     block_name = f"hy3d-cache-{uuid.uuid4().hex[:8]}"
     # Any fsspec URL works (s3://…, gs://…); memory:// keeps the test in this process.
