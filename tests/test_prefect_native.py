@@ -154,3 +154,22 @@ def test_unknown_cache_block_is_a_configuration_error(
     assert state.is_failed()
     assert "nope" in str(error)
     assert emulator.stats.submits_received == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_takes_its_key_from_a_credentials_block(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.credentials import WaveSpeedCredentials
+
+    name = f"hy3d-creds-{uuid.uuid4().hex[:8]}"
+    WaveSpeedCredentials(api_key=emulator.api_key, base_url=emulator.url).save(name)
+    monkeypatch.delenv("WAVESPEED_API_KEY")
+    monkeypatch.setenv("WAVESPEED_BASE_URL", "http://127.0.0.1:9")  # the block's URL must win
+    manifest = write_csv(samples, [("ball", "red-ball.png")])
+
+    state, _ = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), credentials_block=name)
+
+    assert state.is_completed(), state.message
+    assert_landed(tmp_path / "out", "ball")
+    assert emulator.stats.submits_accepted == 1
