@@ -242,6 +242,10 @@ async def generate_meshes(
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,
         )
+        # What a killed run left behind: its half-written downloads and its claims.
+        swept = await asyncio.to_thread(storage.sweep_staging) + await asyncio.to_thread(ctx.claims.sweep)
+        if swept:
+            logger.info("removed %d staging file(s) and claim(s) left by runs that died", swept)
         progress = ProgressArtifact(len(runnable), f"Meshes from {manifest} into {output}")
         await progress.start()
 

@@ -38,8 +38,9 @@ class ItemStatus(StrEnum):
 
 ADVICE: dict[ItemStatus, str] = {
     ItemStatus.submit_unknown: (
-        "{n} item(s) were submitted but the answer was lost (timeout or gateway error): WaveSpeed may "
-        "have accepted and billed them. They are not resent automatically. Check the predictions in "
+        "{n} item(s) were submitted but the answer was lost (a timeout, a gateway error, or the "
+        "process was killed while the submit was in flight): WaveSpeed may have accepted and billed "
+        "them. They are not resent automatically. Check the predictions in "
         "your WaveSpeed dashboard; to submit them again anyway (billed again if the first was "
         "accepted), re-run with --resubmit-unknown (flow parameter resubmit_unknown=true)."
     ),

@@ -13,10 +13,15 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from tasks.ledger import STATE_FOLDER
-from tasks.storage import Storage
+from tasks.storage import STATE_FOLDER, Storage, process_alive
+
+# A claim file that cannot be read (its writer died between create and write on a store without
+# atomic create-with-content) is someone's only for this long after it was last modified.
+UNREADABLE_CLAIM_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -28,16 +33,6 @@ class ClaimHolder:
 
     def describe(self) -> str:
         return f"run {self.run} on {self.host} (pid {self.pid})"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ClaimRegistry:
@@ -58,14 +53,31 @@ class ClaimRegistry:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):
-            # Unreadable (e.g. caught mid-write by a reader on a store without atomic create):
-            # treat as held for now, it will be readable or gone on the next run.
-            return ClaimHolder("unknown", "unknown", -1, time.time() + 60)
+            return ClaimHolder("unknown", "unknown", -1, self._modified_at(key) + UNREADABLE_CLAIM_GRACE_S)
+
+    def _modified_at(self, key: str) -> float:
+        """When the claim file was last written (epoch seconds); now when the store cannot say."""
+        try:
+            info = self.storage.fs.info(self._path(key))
+        except FileNotFoundError:
+            return 0.0
+        for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            value = info.get(field)
+            if isinstance(value, int | float):
+                return float(value)
+            if isinstance(value, datetime):
+                return value.timestamp()
+            if isinstance(value, str):
+                try:
+                    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                except ValueError:
+                    continue
+        return time.time()
 
     def _is_stale(self, holder: ClaimHolder) -> bool:
         if holder.expires_at < time.time():
             return True
-        return holder.host == self.me.host and holder.pid != self.me.pid and not _process_alive(holder.pid)
+        return holder.host == self.me.host and holder.pid != self.me.pid and not process_alive(holder.pid)
 
     def try_claim(self, key: str) -> ClaimHolder | None:
         """None when the claim is ours now; otherwise who holds it."""
@@ -83,8 +95,7 @@ class ClaimRegistry:
         ).encode()
         for _ in range(3):
             try:
-                with self.storage.fs.open(path, "xb") as handle:
-                    handle.write(body)
+                self._create_exclusive(path, body)
             except FileExistsError:
                 holder = self._holder(key)
                 if holder is not None and not self._is_stale(holder):
@@ -95,6 +106,39 @@ class ClaimRegistry:
             self.held.add(key)
             return None
         return self._holder(key) or ClaimHolder("unknown", "unknown", -1, 0.0)
+
+    def _create_exclusive(self, path: str, body: bytes) -> None:
+        """Create ``path`` holding ``body`` only if it does not exist (FileExistsError otherwise)."""
+        if self.storage.is_local:
+            # Write aside, then hard-link into place: the claim appears complete or not at all.
+            staged = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(staged, "wb") as handle:
+                handle.write(body)
+            try:
+                os.link(staged, path)
+            finally:
+                os.remove(staged)
+            return
+        # Object stores: a conditional put (If-None-Match) creates the object with its content.
+        with self.storage.fs.open(path, "xb") as handle:
+            handle.write(body)
+
+    def sweep(self) -> int:
+        """Remove claims left by runs that died; done once at the start of a run."""
+        folder = self.storage.path(STATE_FOLDER, "claims")
+        try:
+            paths = self.storage.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for path in paths:
+            key = str(path).rsplit("/", 1)[-1].removesuffix(".json")
+            holder = self._holder(key)
+            if holder is not None and self._is_stale(holder):
+                with contextlib.suppress(FileNotFoundError):
+                    self.storage.fs.rm_file(self._path(key))
+                    removed += 1
+        return removed
 
     def release(self, key: str) -> None:
         if key in self.held:

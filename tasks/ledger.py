@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.storage import Storage
+from tasks.storage import STATE_FOLDER, Storage
 
-STATE_FOLDER = ".hy3d"
 RETENTION = timedelta(days=7)  # WaveSpeed deletes predictions and outputs after 7 days
 
 

@@ -13,13 +13,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+
+# The tool's own state under DEST: ledger, claims, staging files. Never an item id (ids can't start with ".").
+STATE_FOLDER = ".hy3d"
+STAGING_FOLDER = "staging"
+STALE_STAGING_S = 24 * 3600.0
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -86,18 +93,48 @@ class Storage:
         """A local path to write the future content of ``parts`` into before :meth:`publish`."""
         name = parts[-1] if parts else "file"
         if self.is_local:
-            folder = self.path(*parts[:-1])
+            # Same file system as the destination, so publishing is an atomic rename; named after
+            # the writing process so a later run can sweep what a killed one left.
+            folder = self.path(STATE_FOLDER, STAGING_FOLDER)
             os.makedirs(folder, exist_ok=True)
-            return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+            return os.path.join(
+                folder, f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}_{name}.partial"
+            )
         handle, path = tempfile.mkstemp(prefix="hy3d-", suffix=f"-{name}.partial")
         os.close(handle)
         return path
+
+    def sweep_staging(self) -> int:
+        """Delete staging files left by processes that died (this host) or long ago (any host)."""
+        if not self.is_local:
+            return 0  # staged in the machine's temp folder, never in the bucket
+        folder = self.path(STATE_FOLDER, STAGING_FOLDER)
+        removed = 0
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+        me = socket.gethostname()
+        for name in names:
+            host, _, rest = name.partition("_")
+            pid_text = rest.partition("_")[0]
+            path = os.path.join(folder, name)
+            try:
+                age = time.time() - os.path.getmtime(path)
+            except FileNotFoundError:
+                continue
+            dead = host == me and pid_text.isdigit() and not process_alive(int(pid_text))
+            if dead or age > STALE_STAGING_S:
+                discard(path)
+                removed += 1
+        return removed
 
     def publish(self, staged: str, *parts: str) -> None:
         """Make the staged file visible at ``parts`` in one step; the staged file is consumed."""
         final = self.path(*parts)
         try:
             if self.is_local:
+                os.makedirs(self.path(*parts[:-1]), exist_ok=True)
                 os.replace(staged, final)
             else:
                 self.fs.makedirs(self.path(*parts[:-1]), exist_ok=True)
@@ -128,6 +165,16 @@ def _checked(parts: tuple[str, ...]) -> tuple[str, ...]:
         if not part or part in (".", "..") or any(c in part for c in "/\\\0"):
             raise UnsafePathError(f"refusing unsafe path component {part!r}")
     return parts
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def discard(path: str) -> None:
