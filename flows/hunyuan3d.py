@@ -1,6 +1,7 @@
 """The flow: a manifest of images in, GLB meshes and metadata out, on any fsspec storage."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: flow.serve() pickles the flow, and string
+# annotations (Annotated, Field…) could not be resolved in the process that runs it.
 
 import asyncio
 import uuid
@@ -172,7 +173,28 @@ async def generate_meshes(
     ] = None,
 ) -> State[Any]:
     """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
-    a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land."""
+    a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land.
+
+    Args:
+        manifest: Manifest URL or path: CSV/JSONL (column 'image', optional 'id'), TXT (one image per
+            line), a folder, or a glob such as s3://bucket/photos/*.png.
+        output: Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://).
+        model: WaveSpeed Hunyuan3D model id.
+        concurrency: Predictions in flight (WaveSpeed Bronze tier allows 2).
+        storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
+        inputs: Extra model inputs applied to every item.
+        wait_timeout_s: Deadline per prediction in seconds; default from settings (900 s).
+        retry_failed: Submit again predictions that failed with a transient code (5000/5003/5004). Billed.
+        resubmit_unknown: Submit again items whose earlier submit may have been accepted. May bill twice.
+        credentials_block: Name of a saved WaveSpeed Credentials block; default: WAVESPEED_* settings.
+        submits_per_minute: Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap.
+        concurrency_limit_name: Prefect global concurrency limit capping predictions in flight across all
+            runs (created with `concurrency` slots if missing).
+        rate_limit_name: Prefect global concurrency limit used as a shared submits-per-minute rate limit
+            (created from `submits_per_minute` if missing).
+        cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
+            cache records, so workers on different hosts share the never-pay-twice guarantee.
+    """
     logger = get_run_logger()
     started_at = utc_now()
     options = dict(storage_options or {})
