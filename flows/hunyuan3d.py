@@ -26,7 +26,7 @@ from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
 from tasks.limits import SubmitThrottle, ensure_global_limit
-from tasks.models import KNOWN_MODELS, UnknownModelError, check_model
+from tasks.models import SINGLE_IMAGE_MODELS, UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
 from tasks.submit import submit
@@ -117,7 +117,10 @@ async def generate_meshes(
     model: Annotated[
         str,
         # A plain string checked in the body (one clear error), offered as a choice in the UI form.
-        Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
+        Field(
+            description="WaveSpeed Hunyuan3D model id.",
+            json_schema_extra={"enum": sorted(SINGLE_IMAGE_MODELS)},
+        ),
     ] = DEFAULT_MODEL,
     concurrency: Annotated[
         int, Field(ge=1, le=10_000, description="Predictions in flight (WaveSpeed Bronze tier allows 2).")

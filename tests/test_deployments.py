@@ -79,6 +79,19 @@ def run(api_url: str, name: str, parameters: dict[str, Any]) -> FlowRun:
     return on_server(api_url, go)
 
 
+def run_artifacts(api_url: str, flow_run: FlowRun) -> dict[str, str]:
+    """The run's artifacts by key (their data as text), read through the server's API."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def go(client: PrefectClient) -> dict[str, str]:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+        return {artifact.key: str(artifact.data) for artifact in found if artifact.key}
+
+    return on_server(api_url, go)
+
+
 def final_state(flow_run: FlowRun, log: Path) -> str:
     state = flow_run.state
     assert state is not None and state.is_final(), f"run not finished in {RUN_TIMEOUT_S:.0f} s:\n{tail(log)}"
@@ -228,6 +241,11 @@ def test_worker_runs_on_demand_then_nightly_pays_only_for_new_images(
     assert "landed" in final_state(on_demand, worker)
     older = [path.stem for path in images[:-1]]
     assert_meshes_landed(dest, older)
+    artifacts = run_artifacts(prefect_server, on_demand)
+    assert {"hy3d-progress", "hy3d-items", "hy3d-summary"} <= set(artifacts)
+    assert float(artifacts["hy3d-progress"]) == 100.0
+    assert all(item_id in artifacts["hy3d-items"] for item_id in older)
+    assert f"{len(older)}/{len(older)} landed" in artifacts["hy3d-summary"]
     assert emulator.stats.submits_accepted == len(older)
     for path in images[:-1]:
         assert emulator.stats.submits_for_image_bytes(path.read_bytes()) == 1
