@@ -5,6 +5,7 @@
 
 import asyncio
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 from prefect import State, Task, flow, get_run_logger
@@ -26,7 +27,7 @@ from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
 from tasks.limits import SubmitThrottle, ensure_global_limit
-from tasks.models import SINGLE_IMAGE_MODELS, UnknownModelError, check_model
+from tasks.models import KNOWN_MODELS, ModelSpec, UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
 from tasks.submit import submit
@@ -88,6 +89,13 @@ async def _ensure_limits(
         raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
 
 
+def _check_inputs(spec: ModelSpec, inputs: dict[str, Any]) -> None:
+    unknown = sorted(set(inputs) - spec.option_fields)
+    if unknown:
+        accepted = ", ".join(sorted(spec.option_fields)) or "none besides the image"
+        raise ConfigurationError(f"inputs {unknown} are not inputs of {spec.id} (it accepts: {accepted})")
+
+
 def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
     """One invalid item per rejected row, however many problems the row has."""
     by_row: dict[int, list[str]] = {}
@@ -119,7 +127,7 @@ async def generate_meshes(
         # A plain string checked in the body (one clear error), offered as a choice in the UI form.
         Field(
             description="WaveSpeed Hunyuan3D model id.",
-            json_schema_extra={"enum": sorted(SINGLE_IMAGE_MODELS)},
+            json_schema_extra={"enum": sorted(KNOWN_MODELS)},
         ),
     ] = DEFAULT_MODEL,
     concurrency: Annotated[
@@ -206,8 +214,18 @@ async def generate_meshes(
     try:
         settings = await aresolve_settings(credentials_block)
         settings.require_api_key()
-        check_model(model)
-        loaded = await asyncio.to_thread(load_manifest, manifest, options)
+        spec = check_model(model)
+        _check_inputs(spec, inputs or {})
+        loaded = await asyncio.to_thread(
+            partial(
+                load_manifest,
+                manifest,
+                options,
+                known_fields=spec.option_fields,
+                primary=spec.primary,
+                image_columns=spec.extra_image_columns,
+            )
+        )
         storage = await asyncio.to_thread(_writable_storage, output, options)
         submit_task = await _submit_task(cache_storage_block)
         await _ensure_limits(concurrency_limit_name, concurrency, rate_limit_name, submits_per_minute)
@@ -233,7 +251,7 @@ async def generate_meshes(
 
         prepared = await prepare_items(
             loaded.items,
-            model=model,
+            spec=spec,
             inputs=inputs or {},
             api_root=settings.base_url,
             storage_options=options,

@@ -93,7 +93,10 @@ class ManifestItem:
     is_url: bool
     """True for an http(s) URL to pass through; False for a file on storage to upload."""
     fields: Mapping[str, str] = field(default_factory=dict, hash=False)
-    """The row's other columns/keys (not ``image``/``id``), as strings; blank values are left out."""
+    """The row's other columns/keys (not ``image``/``id``), as strings; blank values are left out.
+    In a prompt manifest (text-to-3d) the prompt is ``fields["prompt"]`` and ``image`` is empty."""
+    images: Mapping[str, tuple[str, bool]] = field(default_factory=dict, hash=False)
+    """Further image columns (other views), resolved like ``image``: column -> (image, is_url)."""
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,17 @@ def load_manifest(
     *,
     check_exists: bool = True,
     known_fields: Collection[str] = (),
+    primary: str = "image",
+    image_columns: Collection[str] = (),
 ) -> Manifest:
     """Read and check the manifest at ``source`` (an fsspec URL or a local path).
 
     ``storage_options`` go to the filesystem (``fsspec.core.url_to_fs``). With ``check_exists`` every
     image file is checked to exist (one metadata call each); URLs are never fetched. ``known_fields``
-    are the extra columns the caller understands; any other column gets a warning.
+    are the extra columns the caller understands; any other column gets a warning. ``primary`` is the
+    required main column: ``"image"``, or ``"prompt"`` for a manifest of text prompts (each TXT line
+    is then a prompt). ``image_columns`` are further columns holding images (other views of the
+    object), resolved and checked like ``image``.
 
     Raises :class:`ManifestError` for problems with the manifest as a whole; row problems are
     returned in :attr:`Manifest.errors`.
@@ -195,7 +203,22 @@ def load_manifest(
             f"manifest {source!r}: cannot open its storage: {_describe(exc)}", source
         ) from exc
     fmt = _detect_format(source, fs, path)
-    loader = _Loader(source, fs, path, fmt, check_exists=check_exists, known_fields=known_fields)
+    if primary != "image" and fmt in ("directory", "glob"):
+        raise ManifestError(
+            f"manifest {source!r}: a folder or glob lists images, but this model takes a {primary!r} "
+            "per item: use a CSV, JSONL or TXT manifest",
+            source,
+        )
+    loader = _Loader(
+        source,
+        fs,
+        path,
+        fmt,
+        check_exists=check_exists,
+        known_fields=known_fields,
+        primary=primary,
+        image_columns=image_columns,
+    )
     return loader.load()
 
 
@@ -219,6 +242,16 @@ class _Resolved:
     image: str
     is_url: bool
     stem: str  # file name without extension, for a derived id ("" when there is none)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    """A readable id from free text: lowercase words joined by dashes."""
+    words = re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKD", text).lower())
+    return "-".join(words)[:limit].strip("-")
 
 
 def _detect_format(source: str, fs: Any, path: str) -> ManifestFormat:
@@ -295,13 +328,17 @@ class _Loader:
         *,
         check_exists: bool,
         known_fields: Collection[str],
+        primary: str = "image",
+        image_columns: Collection[str] = (),
     ) -> None:
+        self.primary = primary
+        self.image_columns = tuple(image_columns)
         self.source = source
         self.fs = fs
         self.path = path
         self.format: ManifestFormat = fmt
         self.check_exists = check_exists
-        self.known = {"image", "id", *known_fields}
+        self.known = {primary, "id", *known_fields, *self.image_columns}
         protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
         self.protocols = {str(p).lower() for p in protocols}
         self.is_local = "file" in self.protocols
@@ -420,10 +457,10 @@ class _Loader:
                                 f"column {index + 1} has no name in the header; its values are ignored",
                             )
                         )
-                image = row.get("image", "")
+                image = row.get(self.primary, "")
                 if not image:
-                    problems.append(self._problem(line, "image", "is empty; give an image path or URL"))
-                fields = {k: v for k, v in row.items() if k not in ("image", "id") and v}
+                    problems.append(self._problem(line, self.primary, f"is empty; {self._give()}"))
+                fields = {k: v for k, v in row.items() if k not in (self.primary, "id") and v}
                 yield _RawRow(line, image or None, row.get("id") or None, fields, problems)
         except csv.Error as exc:
             raise self._fail(f"is not valid CSV: {exc}", line=reader.line_num) from exc
@@ -436,23 +473,23 @@ class _Loader:
             if name and name in seen:
                 raise self._fail(f"column {name!r} appears more than once in the header", line=line)
             seen.add(name)
-        if "image" not in seen:
+        if self.primary not in seen:
             found = ", ".join(repr(name) for name in names if name) or "none"
             hint = ""
-            if any(name.lower() == "image" for name in names):
-                hint = "; column names are case-sensitive: name it 'image'"
+            if any(name.lower() == self.primary for name in names):
+                hint = f"; column names are case-sensitive: name it {self.primary!r}"
             elif len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
                 hint = "; columns must be separated by commas"
             elif posixpath.splitext(names[0])[1].lower() in IMAGE_EXTENSIONS or "://" in names[0]:
-                hint = "; the first line looks like data: add a header line such as 'image,id'"
-            raise self._fail(f"has no 'image' column (found columns: {found}){hint}", line=line)
+                hint = f"; the first line looks like data: add a header line such as '{self.primary},id'"
+            raise self._fail(f"has no {self.primary!r} column (found columns: {found}){hint}", line=line)
         for name in names:
             if name and name not in self.known:
                 self.warnings.append(self._problem(line, name, self._unknown("column", name)))
         return names
 
     def _unknown(self, kind: str, name: str) -> str:
-        expected = ["image", "id", *sorted(self.known - {"image", "id"})]
+        expected = [self.primary, "id", *sorted(self.known - {self.primary, "id"})]
         message = f"unknown {kind} {name!r} (expected: {', '.join(expected)})"
         close = difflib.get_close_matches(name, expected, n=1)
         if close:
@@ -477,15 +514,21 @@ class _Loader:
                 continue
             problems: list[RowProblem] = []
             image: str | None = None
-            raw_image = obj.get("image")
-            if "image" not in obj:
-                problems.append(self._problem(line, "image", 'is missing; every line needs an "image" key'))
+            raw_image = obj.get(self.primary)
+            if self.primary not in obj:
+                problems.append(
+                    self._problem(
+                        line,
+                        self.primary,
+                        f'is missing; every line needs {_article(self.primary)} "{self.primary}" key',
+                    )
+                )
             elif not isinstance(raw_image, str):
                 problems.append(
-                    self._problem(line, "image", f"must be a string, not {_json_type(raw_image)}")
+                    self._problem(line, self.primary, f"must be a string, not {_json_type(raw_image)}")
                 )
             elif not raw_image.strip():
-                problems.append(self._problem(line, "image", "is empty; give an image path or URL"))
+                problems.append(self._problem(line, self.primary, f"is empty; {self._give()}"))
             else:
                 image = raw_image.strip()
             item_id: str | None = None
@@ -500,7 +543,7 @@ class _Loader:
                 )
             fields: dict[str, str] = {}
             for key, value in obj.items():
-                if key in ("image", "id"):
+                if key in (self.primary, "id"):
                     continue
                 if key not in self.known and key not in warned:
                     warned.add(key)
@@ -548,10 +591,27 @@ class _Loader:
 
     # -- checking one row ----------------------------------------------------------------------------
 
+    def _give(self) -> str:
+        return "give an image path or URL" if self.primary == "image" else f"give a {self.primary}"
+
     def _add(self, raw: _RawRow) -> None:
         problems = list(raw.problems)
         resolved: _Resolved | None = None
-        if raw.image is not None:
+        fields = dict(raw.fields)
+        extra_images: dict[str, tuple[str, bool]] = {}
+        for column in self.image_columns:
+            value = fields.pop(column, None)
+            if value:
+                extra = self._resolve(raw.row, value, column)
+                if isinstance(extra, RowProblem):
+                    problems.append(extra)
+                else:
+                    extra_images[column] = (extra.image, extra.is_url)
+        if raw.image is not None and self.primary != "image":
+            # A prompt (text-to-3d): nothing to resolve; ids default to a slug of the text.
+            fields[self.primary] = raw.image
+            resolved = _Resolved("", False, _slug(raw.image))
+        elif raw.image is not None:
             if self.format in ("directory", "glob"):
                 resolved = _Resolved(self._url(raw.image), False, self._stem(raw.image))
             else:
@@ -564,7 +624,9 @@ class _Loader:
         if problems or resolved is None or item_id is None:
             self.errors.extend(problems)
             return
-        self.items.append(ManifestItem(raw.row, item_id, resolved.image, resolved.is_url, raw.fields))
+        self.items.append(
+            ManifestItem(raw.row, item_id, resolved.image, resolved.is_url, fields, extra_images)
+        )
 
     def _check_id(self, raw: _RawRow, resolved: _Resolved | None, problems: list[RowProblem]) -> str | None:
         """Return the row's id, or None (with a problem recorded when there is something to say)."""
@@ -617,14 +679,14 @@ class _Loader:
             self.folded_ids[item_id.casefold()] = (item_id, raw.row)
         return item_id
 
-    def _resolve(self, row: int, value: str) -> _Resolved | RowProblem:
+    def _resolve(self, row: int, value: str, field: str = "image") -> _Resolved | RowProblem:
         """Classify one image value: a URL to pass through or a storage path to check."""
         if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in value):
-            return self._problem(row, "image", f"contains control characters: {_show(value)}")
+            return self._problem(row, field, f"contains control characters: {_show(value)}")
         match = _SCHEME.match(value)
         if match is None:
             if value.startswith("/"):
-                return self._storage_path(row, posixpath.normpath(self.fs._strip_protocol(value)))
+                return self._storage_path(row, posixpath.normpath(self.fs._strip_protocol(value)), field)
             path = (
                 posixpath.normpath(posixpath.join(self.base, value))
                 if self.base
@@ -632,84 +694,84 @@ class _Loader:
             )
             if not _within(path, self.base):
                 return self._problem(
-                    row, "image", f"relative path {_show(value)} leads outside the manifest's folder"
+                    row, field, f"relative path {_show(value)} leads outside the manifest's folder"
                 )
-            return self._storage_path(row, path)
+            return self._storage_path(row, path, field)
         scheme = match.group(1).lower()
         if scheme in ("http", "https"):
-            return self._http_url(row, value)
+            return self._http_url(row, value, field)
         if scheme == "file":
-            return self._file_url(row, value)
+            return self._file_url(row, value, field)
         if scheme in self.protocols and value[match.end() : match.end() + 2] == "//":
             path = posixpath.normpath(self.fs._strip_protocol(value))
             if not _within(path, self.base):
                 return self._problem(
                     row,
-                    "image",
+                    field,
                     f"{_show(value)} points outside the manifest's folder {self._url(self.base)}",
                 )
-            return self._storage_path(row, path)
+            return self._storage_path(row, path, field)
         if len(scheme) == 1:
             return self._problem(
                 row,
-                "image",
+                field,
                 f"Windows drive paths are not supported: {_show(value)}; use a path relative "
                 "to the manifest, with '/' between folders",
             )
         message = f"unsupported scheme '{scheme}:' in {_show(value)}; use an http(s) URL or a file path"
         if "://" not in value and posixpath.splitext(value)[1].lower() in IMAGE_EXTENSIONS:
             message += f" (write a file name containing ':' as './{value}')"
-        return self._problem(row, "image", message)
+        return self._problem(row, field, message)
 
-    def _http_url(self, row: int, value: str) -> _Resolved | RowProblem:
+    def _http_url(self, row: int, value: str, field: str) -> _Resolved | RowProblem:
         if any(char.isspace() for char in value):
             return self._problem(
-                row, "image", f"URL contains spaces: {_show(value)}; percent-encode them (%20)"
+                row, field, f"URL contains spaces: {_show(value)}; percent-encode them (%20)"
             )
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises ValueError for a malformed port
         except ValueError as exc:
-            return self._problem(row, "image", f"is not a valid URL ({exc}): {_show(value)}")
+            return self._problem(row, field, f"is not a valid URL ({exc}): {_show(value)}")
         if not parts.hostname:
-            return self._problem(row, "image", f"URL has no host: {_show(value)}")
+            return self._problem(row, field, f"URL has no host: {_show(value)}")
         last = unquote(parts.path.rsplit("/", 1)[-1])
         return _Resolved(value, True, posixpath.splitext(last)[0])
 
-    def _file_url(self, row: int, value: str) -> _Resolved | RowProblem:
+    def _file_url(self, row: int, value: str, field: str) -> _Resolved | RowProblem:
         if not self.is_local:
             return self._problem(
-                row, "image", f"file: URLs are only allowed in a manifest on the local disk: {_show(value)}"
+                row, field, f"file: URLs are only allowed in a manifest on the local disk: {_show(value)}"
             )
         parts = urlsplit(value)
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path.startswith("/"):
             return self._problem(
-                row, "image", f"is not a local absolute file: URL (use file:///path/to/x.png): {_show(value)}"
+                row, field, f"is not a local absolute file: URL (use file:///path/to/x.png): {_show(value)}"
             )
         path = posixpath.normpath(path)
         if not _within(path, self.base):
             return self._problem(
-                row, "image", f"file: URL points outside the manifest's folder {self.base}: {_show(value)}"
+                row, field, f"file: URL points outside the manifest's folder {self.base}: {_show(value)}"
             )
-        return self._storage_path(row, path)
+        return self._storage_path(row, path, field)
 
-    def _storage_path(self, row: int, path: str) -> _Resolved | RowProblem:
+    def _storage_path(self, row: int, path: str, field: str) -> _Resolved | RowProblem:
         shown = self._url(path)
         extension = posixpath.splitext(path)[1].lower()
         if extension not in IMAGE_EXTENSIONS:
             what = f"extension {extension!r}" if extension else "no file extension"
             return self._problem(
-                row, "image", f"{shown} has {what}; allowed image extensions: {_ALLOWED_EXTENSIONS}"
+                row, field, f"{shown} has {what}; allowed image extensions: {_ALLOWED_EXTENSIONS}"
             )
         if self.check_exists:
             try:
                 if not self.fs.isfile(path):
                     if _safe(self.fs.isdir, path):
-                        return self._problem(row, "image", f"is a directory, not an image file: {shown}")
-                    return self._problem(row, "image", f"file does not exist: {shown}")
+                        return self._problem(row, field, f"is a directory, not an image file: {shown}")
+                    return self._problem(row, field, f"file does not exist: {shown}")
             except Exception as exc:
-                return self._problem(row, "image", f"cannot check that {shown} exists: {_describe(exc)}")
+                return self._problem(row, field, f"cannot check that {shown} exists: {_describe(exc)}")
         return _Resolved(shown, False, self._stem(path))
 
     def _url(self, path: str) -> str:

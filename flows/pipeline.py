@@ -33,11 +33,12 @@ from tasks.errors import (
     WaveSpeedError,
 )
 from tasks.fetch import FetchedMesh, fetch
+from tasks.images import ImageInfo
 from tasks.ledger import PredictionLedger
 from tasks.limits import SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
-from tasks.submit import SubmittedPrediction, submit
+from tasks.submit import ImageInput, SubmittedPrediction, submit
 from tasks.wait import wait
 
 
@@ -239,10 +240,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             prediction = result.prediction
             outcome.prediction_id = prediction.id
             if prediction.succeeded:
-                output_url = prediction.output_by_extension(".glb") or next(iter(prediction.outputs), None)
-                if output_url is None:
-                    raise WaveSpeedError(f"prediction {prediction.id} completed without outputs")
-                mesh = await fetch(ctx.client, output_url, ctx.storage, [item.id, MESH_FILE])
+                mesh = await fetch(ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE)
                 outcome.status = ItemStatus.completed
                 outcome.mesh, outcome.faces = mesh.url, mesh.stats.faces
             else:
@@ -279,6 +277,18 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
         return outcome
 
 
+def _image_record(image: ImageInput, info: ImageInfo | None) -> dict[str, Any]:
+    return {
+        "input": image.field,
+        "source": image.source,
+        "sha256": image.sha256 if image.url is None else None,
+        "url_sha256": image.sha256 if image.url is not None else None,
+        "content_type": image.content_type if image.url is None else None,
+        "width": info.width if info else None,
+        "height": info.height if info else None,
+    }
+
+
 def _metadata(
     ctx: RunContext,
     prepared: PreparedItem,
@@ -288,19 +298,15 @@ def _metadata(
     started_at: str,
 ) -> dict[str, Any]:
     request = prepared.request
-    image = request.images[0]
     prediction = result.prediction if result else None
+    images = {image.field: _image_record(image, prepared.images.get(image.field)) for image in request.images}
+    main = request.images[0].field if request.images else None
     return metadata_document(
         id=outcome.id,
         status=outcome.status.value,
-        source={"manifest": ctx.manifest, "row": prepared.item.row, "image": image.source},
-        image={
-            "sha256": image.sha256 if image.url is None else None,
-            "url_sha256": image.sha256 if image.url is not None else None,
-            "content_type": image.content_type if image.url is None else None,
-            "width": prepared.image.width if prepared.image else None,
-            "height": prepared.image.height if prepared.image else None,
-        },
+        source={"manifest": ctx.manifest, "row": prepared.item.row, "image": prepared.item.image or None},
+        image=images.pop(main) if main else None,
+        other_images=images,
         model=request.model,
         inputs=result.submitted.inputs if result else {**request.inputs},
         content_key=request.content_key,
@@ -330,6 +336,10 @@ def _metadata(
             "url": mesh.url,
             "bytes": mesh.size,
             "sha256": mesh.sha256,
+            "other_files": [
+                {"path": extra.url.rsplit("/", 1)[-1], "source_url": extra.source_url, "bytes": extra.size}
+                for extra in mesh.extras
+            ],
         },
         mesh=mesh.stats.as_dict() if mesh else None,
         error=None if outcome.error is None else {"message": outcome.error, "code": outcome.error_code},

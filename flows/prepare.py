@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+from pydantic import ValidationError
 
 from flows.manifest import ManifestItem
 from tasks.images import MAX_IMAGE_BYTES, ImageInfo, ImageProblem, inspect_image
+from tasks.models import ModelSpec, describe_validation_error
 from tasks.submit import ImageInput, SubmitRequest
 
 # Reading images to hash them is I/O bound; keep a few in flight, not thousands.
@@ -24,7 +26,8 @@ PREPARE_CONCURRENCY = 8
 class PreparedItem:
     item: ManifestItem
     request: SubmitRequest
-    image: ImageInfo | None  # None for URLs passed through (WaveSpeed fetches those itself)
+    # Per model input name; None for URLs passed through (WaveSpeed fetches those itself).
+    images: Mapping[str, ImageInfo | None]
 
 
 @dataclass(frozen=True)
@@ -47,48 +50,74 @@ def _read(path: str, storage_options: Mapping[str, Any]) -> tuple[bytes, int]:
     return data, size
 
 
+def _image_input(
+    field: str, source: str, is_url: bool, storage_options: Mapping[str, Any]
+) -> tuple[ImageInput, ImageInfo | None] | str:
+    """The checked, hashed image for one model input, or why it cannot be sent."""
+    if is_url:
+        return ImageInput(
+            field=field, source=source, url=source, sha256=hashlib.sha256(source.encode()).hexdigest()
+        ), None
+    try:
+        data, size = _read(source, storage_options)
+    except FileNotFoundError:
+        return f"file does not exist: {source}"
+    except Exception as exc:  # any storage backend's error: reject this item, not the run
+        return f"cannot read {source}: {type(exc).__name__}: {exc}"
+    try:
+        info = inspect_image(data, size=size)
+    except ImageProblem as exc:
+        return f"{exc}: {source}"
+    image = ImageInput(
+        field=field, source=source, sha256=hashlib.sha256(data).hexdigest(), content_type=info.content_type
+    )
+    return image, info
+
+
 def prepare_item(
     item: ManifestItem,
     *,
-    model: str,
+    spec: ModelSpec,
     inputs: Mapping[str, Any],
     api_root: str,
     storage_options: Mapping[str, Any],
 ) -> PreparedItem | RejectedItem:
-    """Blocking: read and check the image, hash it, build the content-keyed request."""
-    if item.is_url:
-        image = ImageInput(
-            field="image",
-            source=item.image,
-            url=item.image,
-            sha256=hashlib.sha256(item.image.encode()).hexdigest(),
-        )
-        info = None
-    else:
-        try:
-            data, size = _read(item.image, storage_options)
-        except FileNotFoundError:
-            return RejectedItem(item, "image", f"file does not exist: {item.image}")
-        except Exception as exc:  # any storage backend's error: reject this item, not the run
-            return RejectedItem(item, "image", f"cannot read {item.image}: {type(exc).__name__}: {exc}")
-        try:
-            info = inspect_image(data, size=size)
-        except ImageProblem as exc:
-            return RejectedItem(item, "image", f"{exc}: {item.image}")
-        image = ImageInput(
-            field="image",
-            source=item.image,
-            sha256=hashlib.sha256(data).hexdigest(),
-            content_type=info.content_type,
-        )
-    request = SubmitRequest(model=model, inputs=dict(inputs), images=[image], api_root=api_root)
-    return PreparedItem(item=item, request=request, image=info)
+    """Blocking: validate the row's inputs for the model, read and check every image, hash them,
+    build the content-keyed request. Row values override the flow-level ``inputs``."""
+    values = {**inputs, **{k: v for k, v in item.fields.items() if k in spec.option_fields}}
+    try:
+        options = spec.validate_options(values)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        return RejectedItem(item, problems[0][0], "; ".join(f"{f}: {m}" if f else m for f, m in problems))
+
+    # The manifest's `image` column feeds the model's main image input; other views come from
+    # columns named like the model's inputs.
+    sources: list[tuple[str, str, bool]] = []
+    if spec.main_image_input is not None:
+        sources.append((spec.main_image_input, item.image, item.is_url))
+    for name, required in spec.image_inputs[1:]:
+        if name in item.images:
+            sources.append((name, *item.images[name]))
+        elif required:
+            return RejectedItem(item, name, f"is required by {spec.id} (a path or URL of that view)")
+    images: list[ImageInput] = []
+    infos: dict[str, ImageInfo | None] = {}
+    for name, source, is_url in sources:
+        checked = _image_input(name, source, is_url, storage_options)
+        if isinstance(checked, str):
+            column = "image" if name == spec.main_image_input else name
+            return RejectedItem(item, column, checked)
+        images.append(checked[0])
+        infos[name] = checked[1]
+    request = SubmitRequest(model=spec.id, inputs=options, images=images, api_root=api_root)
+    return PreparedItem(item=item, request=request, images=infos)
 
 
 async def prepare_items(
     items: list[ManifestItem],
     *,
-    model: str,
+    spec: ModelSpec,
     inputs: Mapping[str, Any],
     api_root: str,
     storage_options: Mapping[str, Any],
@@ -100,7 +129,7 @@ async def prepare_items(
             return await asyncio.to_thread(
                 prepare_item,
                 item,
-                model=model,
+                spec=spec,
                 inputs=inputs,
                 api_root=api_root,
                 storage_options=storage_options,

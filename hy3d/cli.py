@@ -164,11 +164,17 @@ def run_flow(
     except ValueError as exc:  # pydantic: a malformed WAVESPEED_* variable
         raise UsageError(f"invalid WAVESPEED_* setting: {exc}") from exc
     try:
-        check_model(model)
+        spec = check_model(model)
     except UnknownModelError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        load_manifest(manifest, storage_options)
+        load_manifest(
+            manifest,
+            storage_options,
+            known_fields=spec.option_fields,
+            primary=spec.primary,
+            image_columns=spec.extra_image_columns,
+        )
     except ManifestError as exc:
         raise UsageError(str(exc)) from exc
 
