@@ -17,6 +17,7 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
+from flows.estimate import estimate_cost, price_items
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
@@ -26,7 +27,7 @@ from tasks.client import WaveSpeedClient
 from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
-from tasks.limits import SubmitThrottle, ensure_global_limit
+from tasks.limits import Budget, BudgetExceededError, SubmitThrottle, ensure_global_limit
 from tasks.models import KNOWN_MODELS, ModelSpec, UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
@@ -175,6 +176,14 @@ async def generate_meshes(
             "(created from `submits_per_minute` if missing)."
         ),
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            description="Budget in USD: refuse to start when the estimate exceeds it, and stop submitting "
+            "when the run's spending would.",
+        ),
+    ] = None,
     cache_storage_block: Annotated[
         str | None,
         Field(
@@ -203,6 +212,8 @@ async def generate_meshes(
             runs (created with `concurrency` slots if missing).
         rate_limit_name: Prefect global concurrency limit used as a shared submits-per-minute rate limit
             (created from `submits_per_minute` if missing).
+        max_cost: Budget in USD: refuse to start when the estimate exceeds it, and stop submitting
+            when the run's spending would.
         cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
             cache records, so workers on different hosts share the never-pay-twice guarantee.
     """
@@ -268,6 +279,22 @@ async def generate_meshes(
             logger.error("%s", outcome.error)
 
         lease_s = (wait_timeout_s or settings.wait_timeout_s) + CLAIM_LEASE_MARGIN_S
+        if max_cost is not None:
+            estimate = await estimate_cost(client, runnable, storage=storage, submit_task=submit_task)
+            for line in estimate.lines():
+                logger.info("estimate: %s", line)
+            if estimate.total_usd is None:
+                unpriced = ConfigurationError("WaveSpeed did not give a price, so max_cost cannot be kept")
+                return Failed(message=str(unpriced), data=unpriced)
+            if estimate.total_usd > max_cost:
+                refused = BudgetExceededError(
+                    f"the estimate is ${estimate.total_usd:.4f} for {estimate.to_pay} item(s), over max_cost "
+                    f"${max_cost:.4f}; nothing was submitted"
+                )
+                return Failed(message=str(refused), data=refused)
+            prices = estimate.price_by_key
+        else:
+            prices = (await price_items(client, runnable))[1]
         ctx = RunContext(
             client=client,
             storage=storage,
@@ -281,7 +308,10 @@ async def generate_meshes(
             flow_run_id=run_id,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
-            throttle=SubmitThrottle(submits_per_minute, rate_limit_name if submits_per_minute else None),
+            throttle=SubmitThrottle(
+                submits_per_minute, rate_limit_name if submits_per_minute else None, Budget(max_cost, prices)
+            ),
+            prices=prices,
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,
         )
@@ -311,6 +341,7 @@ async def generate_meshes(
         items=outcomes,
         problems=problems,
         stop_reason=ctx.stop_reason,
+        cost_usd=ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None,
     )
     name = _summary_name(started_at, run_id)
     summary.summary_url = storage.url(RUNS_FOLDER, name)

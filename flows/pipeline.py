@@ -35,7 +35,7 @@ from tasks.errors import (
 from tasks.fetch import FetchedMesh, fetch
 from tasks.images import ImageInfo
 from tasks.ledger import PredictionLedger
-from tasks.limits import SubmitThrottle, in_flight_slot
+from tasks.limits import BudgetExceededError, SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
 from tasks.submit import ImageInput, SubmittedPrediction, submit
@@ -70,6 +70,7 @@ class RunContext:
     resubmit_unknown: bool = False
     throttle: SubmitThrottle | None = None
     in_flight_limit: str | None = None  # Prefect global concurrency limit shared by all runs
+    prices: dict[str, float | None] = field(default_factory=dict)  # content key -> USD
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
     _slots: asyncio.Semaphore = field(init=False)
@@ -195,7 +196,7 @@ async def _shared_prediction(ctx: RunContext, prepared: PreparedItem) -> Predict
     return await asyncio.shield(running)
 
 
-def _already_done(storage: Storage, prepared: PreparedItem) -> dict[str, Any] | None:
+def already_done(storage: Storage, prepared: PreparedItem) -> dict[str, Any] | None:
     """The existing metadata when this id already holds a verified mesh of the same content."""
     item_id = prepared.item.id
     existing = storage.read_json(item_id, METADATA_FILE)
@@ -218,13 +219,19 @@ def _record_may_be_written(storage: Storage, item_id: str) -> bool:
 async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
     item = prepared.item
     async with ctx._slots:
-        outcome = ItemOutcome(id=item.id, row=item.row, status=ItemStatus.skipped, source=item.image)
+        outcome = ItemOutcome(
+            id=item.id,
+            row=item.row,
+            status=ItemStatus.skipped,
+            source=item.image,
+            price_usd=ctx.prices.get(prepared.request.content_key),
+        )
         if ctx.stop_reason is not None:
             outcome.error = f"not attempted: {ctx.stop_reason}"
             return outcome
 
         started, started_at = time.monotonic(), utc_now()
-        existing = await asyncio.to_thread(_already_done, ctx.storage, prepared)
+        existing = await asyncio.to_thread(already_done, ctx.storage, prepared)
         if existing is not None:
             outcome.status = ItemStatus.already_done
             outcome.prediction_id = (existing.get("prediction") or {}).get("id")
@@ -252,6 +259,9 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             return outcome  # the other run owns this item's files
         except _Stopped as exc:
             outcome.error = f"not attempted: {exc}"
+            return outcome
+        except BudgetExceededError as exc:
+            outcome.error = f"not submitted, over budget: {exc}"
             return outcome
         except AuthenticationError as exc:
             ctx.stop(str(exc))
@@ -308,6 +318,7 @@ def _metadata(
         image=images.pop(main) if main else None,
         other_images=images,
         model=request.model,
+        price_usd=ctx.prices.get(request.content_key),
         inputs=result.submitted.inputs if result else {**request.inputs},
         content_key=request.content_key,
         prediction=None

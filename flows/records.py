@@ -81,6 +81,7 @@ class ItemOutcome(BaseModel):
     seconds: float | None = None
     error: str | None = None
     error_code: int | None = None
+    price_usd: float | None = None
 
 
 class RunSummary(BaseModel):
@@ -98,6 +99,7 @@ class RunSummary(BaseModel):
     advice: list[str] = Field(default_factory=list, description="What to do about what did not land.")
     problems: list[str] = Field(default_factory=list, description="Manifest-level warnings.")
     stop_reason: str | None = Field(default=None, description="Why the run stopped early, if it did.")
+    cost_usd: float | None = Field(default=None, description="What this run's new submits cost.")
     summary_url: str | None = None
 
     @classmethod
@@ -112,6 +114,7 @@ class RunSummary(BaseModel):
         items: list[ItemOutcome],
         problems: list[str],
         stop_reason: str | None = None,
+        cost_usd: float | None = None,
     ) -> RunSummary:
         counts: dict[str, int] = {}
         for item in items:
@@ -136,6 +139,7 @@ class RunSummary(BaseModel):
             items=sorted(items, key=lambda item: item.row),
             problems=problems,
             stop_reason=stop_reason,
+            cost_usd=round(cost_usd, 6) if cost_usd is not None else None,
         )
 
     def headline(self) -> str:

@@ -73,6 +73,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap, 429s are retried.",
     )
     parser.add_argument(
+        "--max-cost",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="Refuse to start when the estimate exceeds USD; stop submitting when spending would.",
+    )
+    parser.add_argument(
         "--retry-failed",
         action="store_true",
         help="Submit again predictions that failed with a transient code (5000/5003/5004). Billed again.",
@@ -100,6 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
         "not, 2 for usage or configuration errors.",
     )
     _add_run_arguments(run)
+
+    from tasks.settings import DEFAULT_MODEL
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="Print what a run would pay for, before paying anything.",
+        description="Count the items a run of MANIFEST would pay for (after what is already done in "
+        "--output, resumable or cached), the price per item from WaveSpeed, the total, and the account "
+        "balance. Reads WAVESPEED_API_KEY and WAVESPEED_BASE_URL.",
+    )
+    estimate.add_argument(
+        "manifest", help="CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL)."
+    )
+    estimate.add_argument("--output", "-o", default=None, help="The output a run would write to (optional).")
+    estimate.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
+    )
+    estimate.add_argument(
+        "--input", dest="inputs", action="append", type=_key_value, default=[], metavar="KEY=VALUE"
+    )
+    estimate.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -146,6 +181,7 @@ def run_flow(
     retry_failed: bool = False,
     resubmit_unknown: bool = False,
     submits_per_minute: int | None = None,
+    max_cost: float | None = None,
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
     apply_defaults()
@@ -155,6 +191,8 @@ def run_flow(
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if max_cost is not None and max_cost < 0:
+        raise UsageError("--max-cost must not be negative")
     if submits_per_minute is not None and submits_per_minute < 1:
         raise UsageError("--submits-per-minute must be at least 1")
     try:
@@ -194,6 +232,7 @@ def run_flow(
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
             submits_per_minute=submits_per_minute,
+            max_cost=max_cost,
             return_state=True,
         ),
     )
@@ -208,6 +247,34 @@ def run_flow(
             raise UsageError(result.summary.stop_reason)
         return EXIT_ITEMS_FAILED
     raise UsageError(state.message or f"the flow ended {state.name}")
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    apply_defaults()
+    from flows.manifest import ManifestError
+    from hy3d.estimate import estimate_manifest
+    from tasks.errors import WaveSpeedError
+    from tasks.models import UnknownModelError
+    from tasks.settings import MissingAPIKeyError, WaveSpeedSettings
+
+    try:
+        WaveSpeedSettings().require_api_key()
+        estimate, rejected = asyncio.run(
+            estimate_manifest(
+                args.manifest,
+                model=args.model,
+                output=args.output,
+                inputs=dict(args.inputs),
+                storage_options=dict(args.storage_options),
+            )
+        )
+    except (MissingAPIKeyError, UnknownModelError, ManifestError, WaveSpeedError) as exc:
+        raise UsageError(str(exc)) from exc
+    for line in estimate.lines():
+        print(line)
+    if rejected:
+        print(f"rejected rows (not counted; `hy3d run` lists why): {rejected}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,7 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retry_failed=args.retry_failed,
                 resubmit_unknown=args.resubmit_unknown,
                 submits_per_minute=args.submits_per_minute,
+                max_cost=args.max_cost,
             )
+        if args.command == "estimate":
+            return run_estimate(args)
         if args.command == "demo":
             from hy3d.demo import run_demo
 

@@ -272,6 +272,19 @@ class WaveSpeedClient:
             raise InvalidResponseError("balance answer without a numeric data.balance")
         return float(balance)
 
+    async def get_price(self, model: str, inputs: Mapping[str, Any]) -> float:
+        """USD for one prediction of ``model`` with ``inputs`` (prices can depend on inputs)."""
+        data = await self._call_with_retries(
+            lambda: self._api.build_request(
+                "POST", "/api/v3/model/price", json={"model_id": model, "inputs": dict(inputs)}
+            ),
+            f"price of {model}",
+        )
+        price = data.get("price")
+        if not isinstance(price, int | float):
+            raise InvalidResponseError("price answer without a numeric data.price")
+        return float(price)
+
     async def check_access(self) -> float | None:
         """Raise :class:`AuthenticationError` when the key is rejected; otherwise the balance, or
         None when it could not be read (the run goes on: items report their own errors)."""

@@ -54,19 +54,58 @@ class SubmitRateLimiter:
                 await self._sleep(self._sent[0] + WINDOW_S - now)
 
 
-class SubmitThrottle:
-    """What the submit task calls right before sending: the local window, then Prefect's shared
-    rate limit when a name is given."""
+class BudgetExceededError(Exception):
+    """Submitting this item would take the run's spending over its ``max_cost``."""
 
-    def __init__(self, per_minute: int | None, shared_limit: str | None) -> None:
+
+class Budget:
+    """Running total of what this run pays; refuses a submit that would pass the cap."""
+
+    def __init__(self, max_cost: float | None, prices: dict[str, float | None]) -> None:
+        self.max_cost = max_cost
+        self.prices = prices
+        self.spent = 0.0
+
+    def charge(self, content_key: str) -> float | None:
+        price = self.prices.get(content_key)
+        if self.max_cost is not None:
+            if price is None:
+                raise BudgetExceededError("the price of this item is unknown, so the cost cap cannot be kept")
+            if self.spent + price > self.max_cost + 1e-9:
+                raise BudgetExceededError(
+                    f"submitting it (${price:.4f}) would take this run to ${self.spent + price:.4f}, "
+                    f"over max_cost ${self.max_cost:.4f}"
+                )
+        self.spent += price or 0.0
+        return price
+
+    def refund(self, content_key: str) -> None:
+        """The submit was certainly not accepted (so not billed)."""
+        self.spent -= self.prices.get(content_key) or 0.0
+
+
+class SubmitThrottle:
+    """What the submit task calls right before sending (never on a cache hit): the budget, the
+    local per-minute window, then Prefect's shared rate limit when a name is given."""
+
+    def __init__(
+        self, per_minute: int | None, shared_limit: str | None, budget: Budget | None = None
+    ) -> None:
         self.local = SubmitRateLimiter(per_minute) if per_minute else None
         self.shared_limit = shared_limit
+        self.budget = budget
 
-    async def acquire(self) -> None:
+    async def acquire(self, content_key: str) -> None:
+        if self.budget is not None:
+            self.budget.charge(content_key)
         if self.local is not None:
             await self.local.acquire()
         if self.shared_limit:
             await rate_limit(self.shared_limit)
+
+    def refund(self, content_key: str) -> None:
+        if self.budget is not None:
+            self.budget.refund(content_key)
 
 
 def in_flight_slot(limit_name: str | None) -> AbstractAsyncContextManager[object]:

@@ -126,7 +126,7 @@ async def submit_prediction(
     image_urls = await upload_images(client, request.images, storage_options)
     inputs = {**request.inputs, **image_urls}
     if throttle is not None:
-        await throttle.acquire()  # submits per minute; a cache hit never gets here
+        await throttle.acquire(request.content_key)  # budget, submits per minute; a cache hit never gets here
     if ledger is not None:
         # Write-ahead: if we die with the request in flight, the next run knows it may be billed.
         # Failing to record means not submitting: better unpaid than untracked.
@@ -141,6 +141,8 @@ async def submit_prediction(
             )
         raise
     except WaveSpeedError:
+        if throttle is not None:
+            throttle.refund(request.content_key)
         if ledger is not None:
             # Every other client error means refused or never sent: certainly not billed. (A
             # cancellation leaves the intent in place: the request may have gone out.)
