@@ -5,13 +5,15 @@
 
 import asyncio
 import uuid
+from dataclasses import replace
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import State, Task, flow, get_run_logger
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
 from prefect.filesystems import WritableFileSystem
+from prefect.results import ResultStore
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
@@ -35,6 +37,9 @@ from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
+# Above this many items a run does not create three task runs per item (see the README's
+# "Performance" section): a SQLite-backed server falls behind at a few thousand.
+AUTO_TASK_RUNS_MAX_ITEMS = 1000
 
 
 class OutputNotWritableError(ValueError):
@@ -176,6 +181,14 @@ async def generate_meshes(
             "(created from `submits_per_minute` if missing)."
         ),
     ] = None,
+    task_runs: Annotated[
+        Literal["auto", "per-step", "none"],
+        Field(
+            description="per-step: submit, wait and fetch are Prefect task runs (visible in the UI, ~5 ms "
+            "each); none: plain coroutines, for runs larger than the server can record; auto: per-step "
+            f"up to {AUTO_TASK_RUNS_MAX_ITEMS} items."
+        ),
+    ] = "auto",
     max_cost: Annotated[
         float | None,
         Field(
@@ -189,6 +202,13 @@ async def generate_meshes(
         Field(
             description="Saved Prefect filesystem block ('remote-file-system/NAME') holding submit cache "
             "records, so workers on different hosts share the never-pay-twice guarantee."
+        ),
+    ] = None,
+    rows: Annotated[
+        list[int] | None,
+        Field(
+            description="Only these manifest rows (row numbers as in the run summary); default: every "
+            "row. The sharded flow hands each chunk its rows this way."
         ),
     ] = None,
 ) -> State[Any]:
@@ -212,10 +232,15 @@ async def generate_meshes(
             runs (created with `concurrency` slots if missing).
         rate_limit_name: Prefect global concurrency limit used as a shared submits-per-minute rate limit
             (created from `submits_per_minute` if missing).
+        task_runs: per-step: submit, wait and fetch are Prefect task runs (visible in the UI, ~5 ms
+            each); none: plain coroutines, for runs larger than the server can record; auto: per-step up
+            to 1000 items.
         max_cost: Budget in USD: refuse to start when the estimate exceeds it, and stop submitting
             when the run's spending would.
         cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
             cache records, so workers on different hosts share the never-pay-twice guarantee.
+        rows: Only these manifest rows (row numbers as in the run summary); default: every row. The
+            sharded flow hands each chunk its rows this way.
     """
     logger = get_run_logger()
     started_at = utc_now()
@@ -237,6 +262,13 @@ async def generate_meshes(
                 image_columns=spec.extra_image_columns,
             )
         )
+        if rows is not None:  # one chunk of a sharded run: same manifest, same ids, only these rows
+            wanted = set(rows)
+            loaded = replace(
+                loaded,
+                items=[item for item in loaded.items if item.row in wanted],
+                errors=[error for error in loaded.errors if error.row in wanted],
+            )
         storage = await asyncio.to_thread(_writable_storage, output, options)
         submit_task = await _submit_task(cache_storage_block)
         await _ensure_limits(concurrency_limit_name, concurrency, rate_limit_name, submits_per_minute)
@@ -295,6 +327,9 @@ async def generate_meshes(
             prices = estimate.price_by_key
         else:
             prices = (await price_items(client, runnable))[1]
+        as_task_runs = task_runs == "per-step" or (
+            task_runs == "auto" and len(runnable) <= AUTO_TASK_RUNS_MAX_ITEMS
+        )
         ctx = RunContext(
             client=client,
             storage=storage,
@@ -312,6 +347,8 @@ async def generate_meshes(
                 submits_per_minute, rate_limit_name if submits_per_minute else None, Budget(max_cost, prices)
             ),
             prices=prices,
+            task_runs=as_task_runs,
+            result_store=None if as_task_runs else await ResultStore().aupdate_for_task(submit_task),
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,
         )

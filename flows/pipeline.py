@@ -10,9 +10,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from prefect import Task
+from prefect.results import ResultStore
 
 from flows.prepare import PreparedItem
 from flows.records import (
@@ -32,13 +34,13 @@ from tasks.errors import (
     SubmitOutcomeUnknownError,
     WaveSpeedError,
 )
-from tasks.fetch import FetchedMesh, fetch
+from tasks.fetch import FetchedMesh, fetch, fetch_outputs
 from tasks.images import ImageInfo
-from tasks.ledger import PredictionLedger
+from tasks.ledger import RETENTION, PredictionLedger
 from tasks.limits import BudgetExceededError, SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
-from tasks.submit import ImageInput, SubmittedPrediction, submit
+from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
 from tasks.wait import wait
 
 
@@ -71,6 +73,10 @@ class RunContext:
     throttle: SubmitThrottle | None = None
     in_flight_limit: str | None = None  # Prefect global concurrency limit shared by all runs
     prices: dict[str, float | None] = field(default_factory=dict)  # content key -> USD
+    # True: every submit/wait/fetch is a Prefect task run (visible in the UI). False: plain
+    # coroutines, for runs too large for the server to record three task runs per item.
+    task_runs: bool = True
+    result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
     _slots: asyncio.Semaphore = field(init=False)
@@ -92,12 +98,15 @@ async def _submit(
     Returns the submission and whether it was served from the cache."""
     if ctx.stop_reason is not None:
         raise _Stopped(ctx.stop_reason)
-    task = ctx.submit_task.with_options(refresh_cache=True) if fresh else ctx.submit_task
-    state = await task(
-        ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle, return_state=True
-    )
-    submitted: SubmittedPrediction = await state.aresult()
-    cached = state.name == "Cached"
+    if ctx.task_runs:
+        task = ctx.submit_task.with_options(refresh_cache=True) if fresh else ctx.submit_task
+        state = await task(
+            ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle, return_state=True
+        )
+        submitted: SubmittedPrediction = await state.aresult()
+        cached = state.name == "Cached"
+    else:
+        submitted, cached = await _submit_without_task_run(ctx, prepared, fresh=fresh)
     if cached:
         # Paid for elsewhere (another output, same result storage): note it in this output's ledger too.
         await asyncio.to_thread(
@@ -109,6 +118,45 @@ async def _submit(
             submitted.inputs,
         )
     return submitted, cached
+
+
+async def _submit_without_task_run(
+    ctx: RunContext, prepared: PreparedItem, *, fresh: bool
+) -> tuple[SubmittedPrediction, bool]:
+    """The submit task's body and its cache records, without a task run: the same records in the
+    same result storage, so both modes share the never-pay-twice guarantee."""
+    assert ctx.result_store is not None
+    key = prepared.request.content_key
+    if not fresh:
+        try:
+            if await ctx.result_store.aexists(key):
+                record = await ctx.result_store.aread(key)
+                return SubmittedPrediction.model_validate(record.result), True
+        except Exception as exc:  # an unreadable record is a cache miss, as it is for the task
+            ctx.logger.warning("%s: submit cache record unreadable (%s); submitting", prepared.item.id, exc)
+    submitted = await submit_prediction(
+        ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle
+    )
+    try:
+        await ctx.result_store.awrite(
+            obj=submitted, key=key, expiration=cast(Any, datetime.now(UTC) + RETENTION)
+        )
+    except Exception as exc:  # the ledger still has it; only other outputs lose the shortcut
+        ctx.logger.warning("%s: could not write the submit cache record: %s", prepared.item.id, exc)
+    return submitted, False
+
+
+async def _wait(ctx: RunContext, submitted: SubmittedPrediction, submitted_at: float | None) -> Prediction:
+    if ctx.task_runs:
+        return await wait(
+            ctx.client, submitted.prediction_id, ctx.wait_timeout_s, submitted.model, submitted_at
+        )
+    return await ctx.client.wait(
+        submitted.prediction_id,
+        timeout_s=ctx.wait_timeout_s,
+        model=submitted.model,
+        submitted_at=submitted_at,
+    )
 
 
 async def _from_ledger(
@@ -156,12 +204,14 @@ async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> Predictio
 async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
     warnings: list[str] = []
     submitted = await _from_ledger(ctx, prepared, warnings)
+    submitted_at: float | None = None  # monotonic, when this process made the submit
     if submitted is not None:
         reused = True
     else:
         submitted, reused = await _submit(ctx, prepared, fresh=bool(warnings))
+        submitted_at = None if reused else time.monotonic()
     try:
-        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+        prediction = await _wait(ctx, submitted, submitted_at)
     except NotFoundError:
         # Deleted after WaveSpeed's 7-day retention (or made with another account): only a new
         # submit can produce the mesh. It is billed, so it is said in the metadata.
@@ -170,7 +220,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         )
         ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
-        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+        prediction = await _wait(ctx, submitted, time.monotonic())
     if prediction.status == "failed" and prediction.code in TRANSIENT_TASK_CODES and ctx.retry_failed:
         warnings.append(
             f"prediction {prediction.id} failed with transient code {prediction.code}; "
@@ -178,7 +228,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         )
         ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
-        prediction = await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s)
+        prediction = await _wait(ctx, submitted, time.monotonic())
     return PredictionResult(submitted, prediction, reused, tuple(warnings))
 
 
@@ -247,7 +297,12 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             prediction = result.prediction
             outcome.prediction_id = prediction.id
             if prediction.succeeded:
-                mesh = await fetch(ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE)
+                if ctx.task_runs:
+                    mesh = await fetch(ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE)
+                else:
+                    mesh = await fetch_outputs(
+                        ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE
+                    )
                 outcome.status = ItemStatus.completed
                 outcome.mesh, outcome.faces = mesh.url, mesh.stats.faces
             else:

@@ -39,6 +39,7 @@ from tasks.errors import (
     is_retry_safe,
     is_transient,
 )
+from tasks.polling import DurationEstimator, next_pause
 from tasks.prediction import Prediction
 from tasks.retrying import RetryPolicy, retry_async
 from tasks.settings import WaveSpeedSettings
@@ -150,6 +151,8 @@ class WaveSpeedClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Processing times seen, per model: they schedule the polls of later predictions.
+        self.durations = DurationEstimator()
         self._public = httpx.AsyncClient(
             headers=client_headers, timeout=timeout, transport=transport, follow_redirects=True
         )
@@ -234,32 +237,52 @@ class WaveSpeedClient:
         except ValueError as exc:
             raise InvalidResponseError(f"prediction {prediction_id}: {exc}") from exc
 
-    async def wait(self, prediction_id: str, *, timeout_s: float | None = None) -> Prediction:
-        """Poll with a growing interval until the prediction is terminal or the deadline passes.
+    async def wait(
+        self,
+        prediction_id: str,
+        *,
+        timeout_s: float | None = None,
+        model: str | None = None,
+        submitted_at: float | None = None,
+    ) -> Prediction:
+        """Poll until the prediction is terminal or the deadline passes (see :mod:`tasks.polling`).
 
+        ``submitted_at`` is the ``time.monotonic()`` of the submit, when this process made it.
         Returns the terminal prediction (completed *or* failed); raises
         :class:`PredictionTimeoutError` at the deadline. Unknown statuses mean "keep waiting".
         """
         s = self.settings
         started = time.monotonic()
+        origin = submitted_at if submitted_at is not None else started
         deadline = started + (timeout_s if timeout_s is not None else s.wait_timeout_s)
-        interval = s.poll_initial_interval_s
         status = "unknown"
+        polls = 0
         while True:
-            pause = min(interval, max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
+            expected = self.durations.quantile(model, 0.9) if model and submitted_at is not None else None
+            pause = next_pause(
+                polls=polls,
+                elapsed=time.monotonic() - origin,
+                status=status,
+                expected=expected,
+                floor=s.poll_initial_interval_s,
+                backoff=s.poll_backoff,
+                ceiling=s.poll_max_interval_s,
+            )
+            await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
             try:
                 prediction = await self.get_prediction(prediction_id, deadline=deadline)
             except (NoResponseError, RequestNotSentError, RateLimitError, ServerError, InvalidResponseError):
                 if time.monotonic() >= deadline:
                     raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status) from None
                 raise
+            polls += 1
             status = prediction.status
             if prediction.is_terminal:
+                if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
+                    self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
                 return prediction
             if time.monotonic() >= deadline:
                 raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
-            interval = min(interval * s.poll_backoff, s.poll_max_interval_s)
 
     async def get_balance(self) -> float:
         """Account balance in USD. Also the cheapest authenticated call: the flow uses it to check
