@@ -73,6 +73,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap, 429s are retried.",
     )
     parser.add_argument(
+        "--task-runs",
+        choices=["auto", "per-step", "none"],
+        default="auto",
+        help="per-step: submit/wait/fetch are Prefect task runs; none: plain coroutines (large runs); "
+        "auto: per-step up to 1000 items.",
+    )
+    parser.add_argument(
         "--max-cost",
         type=float,
         default=None,
@@ -182,6 +189,7 @@ def run_flow(
     resubmit_unknown: bool = False,
     submits_per_minute: int | None = None,
     max_cost: float | None = None,
+    task_runs: str = "auto",
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
     apply_defaults()
@@ -233,6 +241,7 @@ def run_flow(
             resubmit_unknown=resubmit_unknown,
             submits_per_minute=submits_per_minute,
             max_cost=max_cost,
+            task_runs=task_runs,
             return_state=True,
         ),
     )
@@ -294,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resubmit_unknown=args.resubmit_unknown,
                 submits_per_minute=args.submits_per_minute,
                 max_cost=args.max_cost,
+                task_runs=args.task_runs,
             )
         if args.command == "estimate":
             return run_estimate(args)
