@@ -20,6 +20,7 @@ from pydantic import Field
 
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
 from flows.estimate import estimate_cost, price_items
+from flows.gallery import publish_gallery
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
@@ -189,6 +190,13 @@ async def generate_meshes(
             f"up to {AUTO_TASK_RUNS_MAX_ITEMS} items."
         ),
     ] = "auto",
+    previews: Annotated[
+        Literal["auto", "on", "off"],
+        Field(
+            description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s "
+            "CPU each); auto: on up to 1000 items (the gallery fills in 200 missing previews per run)."
+        ),
+    ] = "auto",
     max_cost: Annotated[
         float | None,
         Field(
@@ -235,6 +243,8 @@ async def generate_meshes(
         task_runs: per-step: submit, wait and fetch are Prefect task runs (visible in the UI, ~5 ms
             each); none: plain coroutines, for runs larger than the server can record; auto: per-step up
             to 1000 items.
+        previews: Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s CPU
+            each); auto: on up to 1000 items (the gallery fills in 200 missing previews per run).
         max_cost: Budget in USD: refuse to start when the estimate exceeds it, and stop submitting
             when the run's spending would.
         cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
@@ -348,6 +358,7 @@ async def generate_meshes(
             ),
             prices=prices,
             task_runs=as_task_runs,
+            previews=previews == "on" or (previews == "auto" and len(runnable) <= AUTO_TASK_RUNS_MAX_ITEMS),
             result_store=None if as_task_runs else await ResultStore().aupdate_for_task(submit_task),
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,
@@ -382,8 +393,11 @@ async def generate_meshes(
     )
     name = _summary_name(started_at, run_id)
     summary.summary_url = storage.url(RUNS_FOLDER, name)
+    summary.gallery_url = await publish_gallery(storage, summary)
     await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    if summary.gallery_url:
+        logger.info("gallery: %s", summary.gallery_url)
     for advice in summary.advice:
         logger.warning(advice)
     await publish_run_artifacts(summary)

@@ -16,6 +16,7 @@ from typing import Any, cast
 from prefect import Task
 from prefect.results import ResultStore
 
+from flows.gallery import write_preview
 from flows.prepare import PreparedItem
 from flows.records import (
     MESH_FILE,
@@ -76,6 +77,7 @@ class RunContext:
     # True: every submit/wait/fetch is a Prefect task run (visible in the UI). False: plain
     # coroutines, for runs too large for the server to record three task runs per item.
     task_runs: bool = True
+    previews: bool = True  # render DEST/<id>/preview.png (~0.1 s CPU each) as items land
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
@@ -337,6 +339,10 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
         except OSError as exc:
             outcome.status = ItemStatus.error
             outcome.error = f"could not write metadata: {type(exc).__name__}: {exc}"
+        if ctx.previews and outcome.status is ItemStatus.completed:
+            # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
+            # never fails the item (it logs instead).
+            await asyncio.to_thread(write_preview, ctx.storage, item.id)
         log = ctx.logger.info if outcome.status.landed else ctx.logger.warning
         log("%s: %s%s", item.id, outcome.status.value, f" ({outcome.error})" if outcome.error else "")
         return outcome

@@ -101,6 +101,7 @@ class RunSummary(BaseModel):
     stop_reason: str | None = Field(default=None, description="Why the run stopped early, if it did.")
     cost_usd: float | None = Field(default=None, description="What this run's new submits cost.")
     summary_url: str | None = None
+    gallery_url: str | None = None
 
     @classmethod
     def build(

@@ -174,6 +174,8 @@ def _print_summary(summary: Any) -> None:
         print(f"- {advice}")
     if summary.summary_url:
         print(f"summary: {summary.summary_url}")
+    if summary.gallery_url:
+        print(f"gallery: {summary.gallery_url}")
 
 
 def run_flow(

@@ -231,7 +231,8 @@ def test_bad_row_is_reported_and_the_good_row_lands(
         assert expected in bad.error, bad.error
     assert_good_landed(output, emulator, folder)
     # Nothing was written for the bad row (not even under a traversing id); ".hy3d" is run state.
-    assert sorted(path.name for path in output.iterdir() if path.name != ".hy3d") == ["good", "runs"]
+    written = sorted(path.name for path in output.iterdir() if path.name != ".hy3d")
+    assert written == ["_gallery", "good", "index.html", "runs"]
     assert not (tmp_path / "bad").exists() and not (output.parent / "mesh.glb").exists()
     assert_no_traceback(capfd)
 
