@@ -38,9 +38,13 @@ from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
-# Above this many items a run does not create three task runs per item (see the README's
-# "Performance" section): a SQLite-backed server falls behind at a few thousand.
-AUTO_TASK_RUNS_MAX_ITEMS = 1000
+# Above this many items a run does not create three task runs per item: they cost ~5 ms of CPU
+# each on the flow's event loop, which then lags behind the predictions it waits for, and a
+# SQLite-backed server falls behind at a few thousand (README, "Performance").
+AUTO_TASK_RUNS_MAX_ITEMS = 250
+# Above this many items thumbnails are not rendered as items land (~0.1 s CPU each); the gallery
+# fills in missing ones, a bounded number per run.
+AUTO_PREVIEWS_MAX_ITEMS = 100
 
 
 class OutputNotWritableError(ValueError):
@@ -194,7 +198,8 @@ async def generate_meshes(
         Literal["auto", "on", "off"],
         Field(
             description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s "
-            "CPU each); auto: on up to 1000 items (the gallery fills in 200 missing previews per run)."
+            f"CPU each); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (the gallery fills in 200 missing "
+            "previews per run)."
         ),
     ] = "auto",
     max_cost: Annotated[
@@ -242,9 +247,9 @@ async def generate_meshes(
             (created from `submits_per_minute` if missing).
         task_runs: per-step: submit, wait and fetch are Prefect task runs (visible in the UI, ~5 ms
             each); none: plain coroutines, for runs larger than the server can record; auto: per-step up
-            to 1000 items.
+            to 250 items.
         previews: Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s CPU
-            each); auto: on up to 1000 items (the gallery fills in 200 missing previews per run).
+            each); auto: on up to 100 items (the gallery fills in 200 missing previews per run).
         max_cost: Budget in USD: refuse to start when the estimate exceeds it, and stop submitting
             when the run's spending would.
         cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
@@ -358,7 +363,7 @@ async def generate_meshes(
             ),
             prices=prices,
             task_runs=as_task_runs,
-            previews=previews == "on" or (previews == "auto" and len(runnable) <= AUTO_TASK_RUNS_MAX_ITEMS),
+            previews=previews == "on" or (previews == "auto" and len(runnable) <= AUTO_PREVIEWS_MAX_ITEMS),
             result_store=None if as_task_runs else await ResultStore().aupdate_for_task(submit_task),
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,

@@ -77,7 +77,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "per-step", "none"],
         default="auto",
         help="per-step: submit/wait/fetch are Prefect task runs; none: plain coroutines (large runs); "
-        "auto: per-step up to 1000 items.",
+        "auto: per-step up to 250 items.",
     )
     parser.add_argument(
         "--max-cost",
