@@ -87,6 +87,11 @@ class RunContext:
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
 
+    def log_item(self, message: str, *args: object) -> None:
+        """Per-item success lines: INFO in small runs; DEBUG in large ones, where a line per item
+        costs more than it tells (failures are always logged, the summary counts the rest)."""
+        self.logger.log(logging.INFO if self.task_runs else logging.DEBUG, message, *args)
+
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -289,7 +294,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             outcome.prediction_id = (existing.get("prediction") or {}).get("id")
             outcome.mesh = ctx.storage.url(item.id, MESH_FILE)
             outcome.faces = (existing.get("mesh") or {}).get("faces")
-            ctx.logger.info("%s: already done, nothing to pay for", item.id)
+            ctx.log_item("%s: already done, nothing to pay for", item.id)
             return outcome
 
         result: PredictionResult | None = None
@@ -343,8 +348,10 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
             # never fails the item (it logs instead).
             await asyncio.to_thread(write_preview, ctx.storage, item.id)
-        log = ctx.logger.info if outcome.status.landed else ctx.logger.warning
-        log("%s: %s%s", item.id, outcome.status.value, f" ({outcome.error})" if outcome.error else "")
+        if outcome.status.landed:
+            ctx.log_item("%s: %s", item.id, outcome.status.value)
+        else:
+            ctx.logger.warning("%s: %s (%s)", item.id, outcome.status.value, outcome.error)
         return outcome
 
 
