@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(run)
 
+    from hy3d.sharded import add_arguments as add_sharded_arguments
+
+    add_sharded_arguments(
+        commands.add_parser(
+            "run-sharded",
+            help="Run the flow over a manifest in chunks, each a flow run on a Prefect work pool.",
+            description="Cut MANIFEST into chunks and run each as a flow run of a deployment (default "
+            "hunyuan3d-meshes/on-demand) on its work pool, then aggregate. Needs PREFECT_API_URL (the "
+            "workers' server). Exit 0 when every item landed, 1 when any did not, 2 for configuration.",
+        )
+    )
+
     from tasks.settings import DEFAULT_MODEL
 
     estimate = commands.add_parser(
@@ -307,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_cost=args.max_cost,
                 task_runs=args.task_runs,
             )
+        if args.command == "run-sharded":
+            from hy3d.sharded import run_from_args
+
+            return run_from_args(args)
         if args.command == "estimate":
             return run_estimate(args)
         if args.command == "demo":

@@ -117,7 +117,8 @@ def in_flight_slot(limit_name: str | None) -> AbstractAsyncContextManager[object
 
 @asynccontextmanager
 async def _held(limit_name: str) -> AsyncIterator[None]:
-    async with concurrency(limit_name, occupy=1, strict=True):
+    # A short lease: a run killed with slots held gives them back within a minute, not five.
+    async with concurrency(limit_name, occupy=1, strict=True, lease_duration=60):
         yield
 
 

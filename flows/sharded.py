@@ -1,0 +1,737 @@
+"""Scale out: one manifest, many flow runs of the ``hunyuan3d-meshes`` deployment on a work pool.
+
+The parent flow cuts the manifest's rows into chunks (sorted by row, every ``chunk_size`` rows: the
+same chunks on every re-run of an unchanged manifest) and starts one flow run of a deployment per chunk
+(``arun_deployment(timeout=0)``, linked as subflow runs). The chunk is handed over as the ``rows``
+parameter of ``generate_meshes``: the child reads the same manifest, so image paths resolve and ids
+are the same as in a single run, and needs no new file. Whatever workers poll the deployment's work
+pool, on however many hosts, share the chunks. The parent then waits for every chunk, reads each
+chunk's run summary from ``DEST/runs/`` (by flow run id), and writes one summary for the whole run.
+
+Never paying twice holds across chunks for the same reasons it holds across runs (content-keyed
+submit cache, the ledger and claims in ``DEST/.hy3d/``), and the in-flight cap and the submit rate are
+Prefect global concurrency limits that every chunk shares (created here if missing).
+
+A chunk whose worker died leaves its flow run "Running" on the server forever. The parent watches the
+heartbeats of the workers running its chunks (the ``prefect.worker.name`` label Prefect gives each flow
+run): a worker silent for three heartbeat intervals is taken for dead, its chunks' runs are set
+Crashed, and the parent ends Failed naming them. Re-running the parent starts fresh chunk runs, which
+skip what landed and resume what was paid for; it first removes claims held by runs that are over.
+"""
+
+# No `from __future__ import annotations`: deployments resolve the flow's annotations at load time.
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Annotated, Any
+from uuid import UUID
+
+from prefect import State, flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType, WorkerStatus
+from prefect.deployments import arun_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run as current_run
+from prefect.states import Completed, Crashed, Failed
+from pydantic import BaseModel, Field, ValidationError
+
+from flows.artifacts import publish_run_artifacts
+from flows.hunyuan3d import ConfigurationError, OutputNotWritableError
+from flows.manifest import Manifest, ManifestError, load_manifest
+from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from tasks.limits import ensure_global_limit
+from tasks.models import KNOWN_MODELS, UnknownModelError, check_model
+from tasks.settings import DEFAULT_MODEL
+from tasks.storage import STATE_FOLDER, Storage
+
+DEFAULT_DEPLOYMENT = "hunyuan3d-meshes/on-demand"
+DEFAULT_CHUNK_SIZE = 100
+DEFAULT_IN_FLIGHT_LIMIT = "hy3d-in-flight"
+DEFAULT_RATE_LIMIT = "hy3d-submits-per-minute"
+WORKER_NAME_LABEL = "prefect.worker.name"
+WORK_POOL_LABEL = "prefect.work-pool.name"
+# Prefect's own foreman takes a worker for offline after 3 missed heartbeats; so does the parent, but
+# never after less than 10 s: a busy worker (spawning flow runs on a loaded host) skips beats for seconds.
+HEARTBEAT_MULTIPLE = 3
+MIN_SILENCE_S = 10.0
+DEFAULT_HEARTBEAT_S = 30
+PAGE = 200  # the server's default page size
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows of the manifest handed to one flow run. ``index`` is 1-based."""
+
+    index: int
+    rows: tuple[int, ...]
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        span = f"row {self.rows[0]}" if len(self.rows) == 1 else f"rows {self.rows[0]}-{self.rows[-1]}"
+        return f"chunk {self.index} ({span}{', ' + self.note if self.note else ''})"
+
+
+def plan_chunks(rows: Iterable[int], chunk_size: int) -> list[Chunk]:
+    """Sorted rows cut every ``chunk_size``: the same manifest gives the same chunks on every run."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    ordered = sorted(set(rows))
+    return [
+        Chunk(index=number, rows=tuple(ordered[start : start + chunk_size]))
+        for number, start in enumerate(range(0, len(ordered), chunk_size), start=1)
+    ]
+
+
+def manifest_rows(loaded: Manifest) -> dict[int, tuple[str, str]]:
+    """Every row a run reports on (valid or rejected) -> (id, source) as a run summary names them."""
+    rows = {item.row: (item.id, item.image) for item in loaded.items}
+    for problem in loaded.errors:
+        rows.setdefault(problem.row, (f"row-{problem.row}", ""))
+    return rows
+
+
+class ChunkResult(BaseModel):
+    """How one chunk's flow run ended, as listed in the sharded run's summary."""
+
+    index: int
+    first_row: int
+    last_row: int
+    rows: int
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    worker: str | None = None
+    state: str = Field(description="The flow run's final state name (Completed, Failed, Crashed...).")
+    message: str | None = None
+    headline: str | None = Field(default=None, description="The chunk's own run summary headline.")
+    summary_url: str | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "Completed"
+
+    def describe(self) -> str:
+        span = f"rows {self.first_row}-{self.last_row}" if self.rows > 1 else f"row {self.first_row}"
+        run = f"flow run {self.flow_run_id}" if self.flow_run_id else "no flow run"
+        if self.flow_run_name:
+            run += f" '{self.flow_run_name}'"
+        if self.worker:
+            run += f" on {self.worker}"
+        what = self.headline or self.message or ""
+        return f"chunk {self.index} ({span}, {run}): {self.state}{': ' + what if what else ''}"
+
+
+class ShardedRunSummary(RunSummary):
+    """A run summary over all chunks, plus how each chunk's flow run ended."""
+
+    deployment: str
+    chunk_size: int
+    chunks: list[ChunkResult] = Field(default_factory=list)
+
+    @property
+    def failed_chunks(self) -> list[ChunkResult]:
+        return [chunk for chunk in self.chunks if not chunk.ok]
+
+
+class ChunksFailedError(RunFailedError):
+    """Some chunks did not complete; the message names them and their flow run ids."""
+
+    def __init__(self, summary: ShardedRunSummary) -> None:
+        super().__init__(summary)
+        self.summary: ShardedRunSummary = summary
+        failed = summary.failed_chunks
+        parts = [summary.stop_reason] if summary.stop_reason else []
+        if failed:
+            listed = "; ".join(chunk.describe() for chunk in failed)
+            parts.append(f"{len(failed)} of {len(summary.chunks)} chunk(s) did not complete: {listed}")
+        parts.append(summary.headline())
+        self.args = (" | ".join(parts),)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.summary,))
+
+
+@dataclass
+class _Watched:
+    chunk: Chunk
+    run: FlowRun
+    started_at: float | None = None  # monotonic, when first seen Pending/Running
+
+
+@dataclass
+class _WorkerWatch:
+    """Which workers are alive, from their heartbeats as the server records them. Silence is measured
+    on this process's clock (a heartbeat time that stops changing), so clock skew does not matter."""
+
+    seen: dict[tuple[str, str], tuple[datetime | None, float]] = field(default_factory=dict)
+    status: dict[tuple[str, str], str] = field(default_factory=dict)
+    interval: dict[tuple[str, str], float] = field(default_factory=dict)
+    listed: set[tuple[str, str]] = field(default_factory=set)
+
+    async def refresh(self, client: PrefectClient, pools: set[str]) -> None:
+        self.listed = set()
+        now = time.monotonic()
+        for pool in pools:
+            offset = 0
+            while True:
+                workers = await client.read_workers_for_work_pool(pool, offset=offset, limit=PAGE)
+                for worker in workers:
+                    key = (pool, worker.name)
+                    self.listed.add(key)
+                    previous = self.seen.get(key)
+                    if previous is None or previous[0] != worker.last_heartbeat_time:
+                        self.seen[key] = (worker.last_heartbeat_time, now)
+                    self.status[key] = worker.status.value
+                    self.interval[key] = float(worker.heartbeat_interval_seconds or DEFAULT_HEARTBEAT_S)
+                if len(workers) < PAGE:
+                    break
+                offset += PAGE
+
+    def dead(self, pool: str, name: str) -> str | None:
+        """Why the worker is taken for dead, or None."""
+        key = (pool, name)
+        if key not in self.seen:
+            return None  # not listed yet: give it the benefit of the doubt
+        if key not in self.listed:
+            return f"worker {name!r} is no longer registered in work pool {pool!r}"
+        if self.status.get(key) == WorkerStatus.OFFLINE.value:
+            return f"worker {name!r} is offline"
+        silence = time.monotonic() - self.seen[key][1]
+        allowed = max(HEARTBEAT_MULTIPLE * self.interval[key], MIN_SILENCE_S)
+        if silence > allowed:
+            expected = self.interval[key]
+            return f"worker {name!r} sent no heartbeat for {silence:.0f} s (expected every {expected:.0f} s)"
+        return None
+
+
+async def _read_runs(client: PrefectClient, ids: Sequence[UUID]) -> list[FlowRun]:
+    runs: list[FlowRun] = []
+    for start in range(0, len(ids), PAGE):
+        batch = list(ids[start : start + PAGE])
+        runs += await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch)
+        )
+    return runs
+
+
+async def release_claims_of_finished_runs(storage: Storage, client: PrefectClient) -> int:
+    """Remove claims held by flow runs that are over (Completed, Failed, Crashed, Cancelled).
+
+    A run on another host that died keeps its claims until their lease runs out (the wait timeout +
+    15 min); the server knows sooner that the run is over, e.g. once the parent set it Crashed.
+    """
+    folder = storage.path(STATE_FOLDER, "claims")
+    try:
+        paths = [str(path) for path in storage.fs.ls(folder, detail=False)]
+    except FileNotFoundError:
+        return 0
+    holders: dict[str, UUID] = {}
+    for path in paths:
+        if not path.endswith(".json"):
+            continue
+        try:
+            with storage.fs.open(path, "rb") as handle:
+                holders[path] = UUID(str(json.loads(handle.read())["run"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            continue  # being written, or not a flow run's: the claim's own rules decide
+    finished = {
+        run.id
+        for run in await _read_runs(client, sorted(set(holders.values())))
+        if run.state is not None and run.state.is_final()
+    }
+    removed = 0
+    for path, run_id in holders.items():
+        if run_id in finished:
+            try:
+                storage.fs.rm_file(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _read_chunk_summary(storage: Storage, run_id: UUID) -> RunSummary | None:
+    pattern = storage.path(RUNS_FOLDER, f"*-{run_id}.json")
+    for path in sorted(str(found) for found in storage.fs.glob(pattern)):
+        try:
+            with storage.fs.open(path, "rb") as handle:
+                return RunSummary.model_validate(json.loads(handle.read()))
+        except (OSError, ValueError, ValidationError):
+            continue
+    return None
+
+
+@dataclass
+class _Outcome:
+    chunk: Chunk
+    result: ChunkResult
+    summary: RunSummary | None = None
+
+
+class _Shard:
+    """Dispatch chunks to the deployment and wait for them; one per parent run."""
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        storage: Storage,
+        deployment: str,
+        parameters: dict[str, Any],
+        *,
+        poll_interval_s: float,
+        chunk_timeout_s: float | None,
+        run_name: str,
+    ) -> None:
+        self.client = client
+        self.storage = storage
+        self.deployment = deployment
+        self.parameters = parameters
+        self.poll_interval_s = poll_interval_s
+        self.chunk_timeout_s = chunk_timeout_s
+        self.run_name = run_name
+        self.workers = _WorkerWatch()
+        self.logger = get_run_logger()
+
+    def _result(self, chunk: Chunk, run: FlowRun | None, state: str, message: str | None) -> ChunkResult:
+        return ChunkResult(
+            index=chunk.index,
+            first_row=chunk.rows[0],
+            last_row=chunk.rows[-1],
+            rows=len(chunk.rows),
+            flow_run_id=str(run.id) if run else None,
+            flow_run_name=run.name if run else None,
+            worker=run.labels.get(WORKER_NAME_LABEL) if run else None,
+            state=state,
+            message=message,
+            note=chunk.note,
+        )
+
+    async def run(self, chunks: list[Chunk], total: int) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        watched: dict[UUID, _Watched] = {}
+        width = len(str(total))
+        for chunk in chunks:
+            try:
+                run = await arun_deployment(
+                    self.deployment,
+                    client=self.client,
+                    parameters={**self.parameters, "rows": list(chunk.rows)},
+                    timeout=0,
+                    as_subflow=True,
+                    flow_run_name=f"{self.run_name}-chunk-{chunk.index:0{width}d}-of-{total}",
+                    tags=["hy3d-chunk"],
+                )
+            except Exception as exc:  # the server refusing one chunk must not lose the others
+                message = f"could not be scheduled: {type(exc).__name__}: {exc}"
+                self.logger.error("%s %s", chunk.label, message)
+                outcomes.append(_Outcome(chunk, self._result(chunk, None, "NotScheduled", message)))
+                continue
+            watched[run.id] = _Watched(chunk, run)
+            self.logger.info("%s -> flow run %s (%s)", chunk.label, run.name, run.id)
+        while watched:
+            await asyncio.sleep(self.poll_interval_s)
+            outcomes += await self._poll(watched)
+        return outcomes
+
+    async def _poll(self, watched: dict[UUID, _Watched]) -> list[_Outcome]:
+        runs = await _read_runs(self.client, list(watched))
+        pools = {pool for run in runs if (pool := run.labels.get(WORK_POOL_LABEL) or run.work_pool_name)}
+        if any(run.labels.get(WORKER_NAME_LABEL) for run in runs):
+            await self.workers.refresh(self.client, {str(pool) for pool in pools})
+        finished: list[_Outcome] = []
+        now = time.monotonic()
+        for run in runs:
+            entry = watched[run.id]
+            entry.run = run
+            state = run.state
+            if state is None:
+                continue
+            if state.is_final():
+                finished.append(await self._finish(entry.chunk, run, state))
+                del watched[run.id]
+                continue
+            if state.type in (StateType.PENDING, StateType.RUNNING) and entry.started_at is None:
+                entry.started_at = now
+            reason = self._given_up(run, entry, now)
+            if reason is not None:
+                crashed: State[Any] = Crashed(message=f"{reason}; re-run the sharded flow to finish its rows")
+                try:
+                    await self.client.set_flow_run_state(run.id, crashed, force=True)
+                except Exception as exc:
+                    self.logger.warning("could not set flow run %s Crashed: %s", run.id, exc)
+                self.logger.error("%s (flow run %s) given up: %s", entry.chunk.label, run.id, reason)
+                finished.append(await self._finish(entry.chunk, run, crashed))
+                del watched[run.id]
+        return finished
+
+    def _given_up(self, run: FlowRun, entry: _Watched, now: float) -> str | None:
+        worker = run.labels.get(WORKER_NAME_LABEL)
+        pool = run.labels.get(WORK_POOL_LABEL) or run.work_pool_name
+        if worker and pool and entry.started_at is not None:
+            reason = self.workers.dead(str(pool), str(worker))
+            if reason is not None:
+                return f"its {reason}"
+        started = entry.started_at
+        if self.chunk_timeout_s is not None and started is not None and now - started > self.chunk_timeout_s:
+            return f"not finished {self.chunk_timeout_s:.0f} s after it started (chunk_timeout_s)"
+        return None
+
+    async def _finish(self, chunk: Chunk, run: FlowRun, state: State[Any]) -> _Outcome:
+        summary = await asyncio.to_thread(_read_chunk_summary, self.storage, run.id)
+        result = self._result(chunk, run, state.name or state.type.value, state.message)
+        if summary is not None:
+            result.headline = summary.headline()
+            result.summary_url = summary.summary_url
+        if run.parent_task_run_id is not None:  # the parent's task run standing for this chunk
+            link: State[Any] = Completed() if result.ok else Failed(message=result.describe())
+            try:
+                await self.client.set_task_run_state(run.parent_task_run_id, link, force=True)
+            except Exception as exc:
+                self.logger.debug("could not update the task run of %s: %s", chunk.label, exc)
+        log = self.logger.info if result.ok else self.logger.error
+        log("%s", result.describe())
+        return _Outcome(chunk, result, summary)
+
+
+def _aggregate(
+    outcomes: list[_Outcome], expected: dict[int, tuple[str, str]]
+) -> tuple[list[ItemOutcome], list[str], str | None, float | None]:
+    """Items by row (a later outcome for the same row wins), problems, stop reason and cost."""
+    items: dict[int, ItemOutcome] = {}
+    problems: list[str] = []
+    stop_reason: str | None = None
+    cost: float | None = None
+    for outcome in outcomes:
+        chunk, result, summary = outcome.chunk, outcome.result, outcome.summary
+        if summary is not None:
+            for item in summary.items:
+                items[item.row] = item
+            problems += [problem for problem in summary.problems if problem not in problems]
+            if summary.stop_reason and stop_reason is None:
+                stop_reason = f"chunk {chunk.index}: {summary.stop_reason}"
+            if summary.cost_usd is not None:
+                cost = (cost or 0.0) + summary.cost_usd
+            continue
+        if result.state == "Failed" and stop_reason is None:
+            # Failed before it processed anything (configuration on the worker: key, storage...).
+            stop_reason = f"{result.describe()}"
+        for row in chunk.rows:
+            item_id, source = expected.get(row, (f"row-{row}", ""))
+            items[row] = ItemOutcome(
+                id=item_id,
+                row=row,
+                status=ItemStatus.error,
+                source=source,
+                error=f"{result.describe()}; re-run to finish it (what was paid for is resumed)",
+            )
+    missing = sorted(set(expected) - set(items))
+    if missing:
+        shown = ", ".join(str(row) for row in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        problems.append(
+            f"{len(missing)} row(s) were not reported by any chunk ({shown}): the manifest changed while "
+            "the run was going; run again"
+        )
+    return [items[row] for row in sorted(items)], problems, stop_reason, cost
+
+
+def _chunks_markdown(summary: ShardedRunSummary) -> str:
+    lines = [
+        f"# {summary.headline()}",
+        "",
+        f"Deployment `{summary.deployment}`, {len(summary.chunks)} chunk(s) of up to {summary.chunk_size} "
+        "rows.",
+        "",
+        "| chunk | rows | flow run | worker | state | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for chunk in summary.chunks:
+        rows = f"{chunk.first_row}-{chunk.last_row}"
+        result = (chunk.headline or chunk.message or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {chunk.index}{' ' + chunk.note if chunk.note else ''} | {rows} | {chunk.flow_run_id or '-'} "
+            f"| {chunk.worker or '-'} | {chunk.state} | {result} |"
+        )
+    return "\n".join(lines)
+
+
+def _check_inputs(model: str, inputs: dict[str, Any]) -> Any:
+    spec = check_model(model)
+    unknown = sorted(set(inputs) - spec.option_fields)
+    if unknown:
+        accepted = ", ".join(sorted(spec.option_fields)) or "none besides the image"
+        raise ConfigurationError(f"inputs {unknown} are not inputs of {spec.id} (it accepts: {accepted})")
+    return spec
+
+
+def _writable(output: str, options: dict[str, Any]) -> Storage:
+    try:
+        storage = Storage(output, options)
+        storage.ensure_writable()
+    except Exception as exc:
+        raise OutputNotWritableError(
+            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return storage
+
+
+@flow(name="hunyuan3d-meshes-sharded", log_prints=True, persist_result=False)
+async def generate_meshes_sharded(
+    manifest: Annotated[
+        str,
+        Field(
+            description="Manifest URL or path (CSV/JSONL/TXT, a folder or a glob), as for hunyuan3d-meshes."
+        ),
+    ],
+    output: Annotated[
+        str,
+        Field(description="Where meshes go: any fsspec URL every worker can write (s3://, gs://, az://...)."),
+    ],
+    chunk_size: Annotated[
+        int, Field(ge=1, le=100_000, description="Manifest rows per chunk (one flow run per chunk).")
+    ] = DEFAULT_CHUNK_SIZE,
+    deployment: Annotated[
+        str,
+        Field(
+            description="Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll."
+        ),
+    ] = DEFAULT_DEPLOYMENT,
+    model: Annotated[
+        str,
+        Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
+    ] = DEFAULT_MODEL,
+    concurrency: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Predictions in flight per chunk; also the size of the global in-flight limit when "
+            "it has to be created.",
+        ),
+    ] = 2,
+    storage_options: Annotated[
+        dict[str, Any] | None,
+        Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),
+    ] = None,
+    inputs: Annotated[
+        dict[str, Any] | None, Field(description="Extra model inputs applied to every item.")
+    ] = None,
+    wait_timeout_s: Annotated[
+        float | None, Field(gt=0, description="Deadline per prediction; default from the workers' settings.")
+    ] = None,
+    retry_failed: Annotated[
+        bool, Field(description="Submit again predictions that failed with a transient code. Billed.")
+    ] = False,
+    resubmit_unknown: Annotated[
+        bool,
+        Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
+    ] = False,
+    credentials_block: Annotated[
+        str | None, Field(description="Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_*.")
+    ] = None,
+    submits_per_minute: Annotated[
+        int | None,
+        Field(ge=1, description="Cap on submits per minute across all chunks (shared rate limit)."),
+    ] = None,
+    concurrency_limit_name: Annotated[
+        str | None,
+        Field(
+            description="Prefect global concurrency limit capping predictions in flight across every chunk "
+            "and run (created with `concurrency` slots if missing). Null: each chunk only has its own cap."
+        ),
+    ] = DEFAULT_IN_FLIGHT_LIMIT,
+    rate_limit_name: Annotated[
+        str | None,
+        Field(
+            description="Prefect global concurrency limit used as the shared submits-per-minute rate limit; "
+            f"default {DEFAULT_RATE_LIMIT!r} when submits_per_minute is set."
+        ),
+    ] = None,
+    cache_storage_block: Annotated[
+        str | None,
+        Field(
+            description="Saved filesystem block holding submit cache records, shared by every worker's host."
+        ),
+    ] = None,
+    chunk_timeout_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Give a chunk up (its flow run set Crashed) when it has not finished this long after "
+            "it started. Default: no limit; chunks whose worker stops heartbeating are given up anyway.",
+        ),
+    ] = None,
+    poll_interval_s: Annotated[
+        float, Field(gt=0, le=300, description="How often the parent checks on its chunks, seconds.")
+    ] = 5.0,
+) -> State[Any]:
+    """Shard the manifest into chunks, run each chunk as a flow run of ``deployment`` on its work pool,
+    wait for all of them and write one summary under ``DEST/runs/``. Ends Failed naming the chunks
+    (and their flow run ids) that did not complete.
+
+    Args:
+        manifest: Manifest URL or path (CSV/JSONL/TXT, a folder or a glob), as for hunyuan3d-meshes.
+        output: Where meshes go: any fsspec URL every worker can write (s3://, gs://, az://...).
+        chunk_size: Manifest rows per chunk (one flow run per chunk).
+        deployment: Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll.
+        model: WaveSpeed Hunyuan3D model id.
+        concurrency: Predictions in flight per chunk; also the size of the global in-flight limit when
+            it has to be created.
+        storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
+        inputs: Extra model inputs applied to every item.
+        wait_timeout_s: Deadline per prediction; default from the workers' settings.
+        retry_failed: Submit again predictions that failed with a transient code. Billed.
+        resubmit_unknown: Submit again items whose earlier submit may have been accepted. May bill twice.
+        credentials_block: Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_* settings.
+        submits_per_minute: Cap on submits per minute across all chunks (shared rate limit).
+        concurrency_limit_name: Prefect global concurrency limit capping predictions in flight across
+            every chunk and run (created with `concurrency` slots if missing).
+        rate_limit_name: Prefect global concurrency limit used as the shared submits-per-minute rate
+            limit; default 'hy3d-submits-per-minute' when submits_per_minute is set.
+        cache_storage_block: Saved filesystem block holding submit cache records.
+        chunk_timeout_s: Give a chunk up when it has not finished this long after it started.
+        poll_interval_s: How often the parent checks on its chunks, seconds.
+    """
+    logger = get_run_logger()
+    started_at = utc_now()
+    options = dict(storage_options or {})
+    if submits_per_minute and not rate_limit_name:
+        rate_limit_name = DEFAULT_RATE_LIMIT  # one window for every chunk, not one per chunk
+    try:
+        spec = _check_inputs(model, inputs or {})
+        if rate_limit_name and not submits_per_minute:
+            raise ConfigurationError("rate_limit_name needs submits_per_minute (the rate to enforce)")
+        loaded = await asyncio.to_thread(
+            partial(
+                load_manifest,
+                manifest,
+                options,
+                check_exists=False,  # the chunks check; here only the rows matter
+                known_fields=spec.option_fields,
+                primary=spec.primary,
+                image_columns=spec.extra_image_columns,
+            )
+        )
+        storage = await asyncio.to_thread(_writable, output, options)
+        async with get_client() as client:
+            try:
+                target = await client.read_deployment_by_name(deployment)
+            except (ObjectNotFound, ValueError) as exc:
+                raise ConfigurationError(
+                    f"deployment {deployment!r} not found on the Prefect server (deploy it with "
+                    f"`prefect --no-prompt deploy --all`): {exc}"
+                ) from exc
+            accepted = (target.parameter_openapi_schema or {}).get("properties") or {}
+            if accepted and "rows" not in accepted:
+                raise ConfigurationError(
+                    f"deployment {deployment!r} does not take a 'rows' parameter (deployed from an older "
+                    "checkout?): deploy it again with `prefect --no-prompt deploy --all`"
+                )
+        try:
+            if concurrency_limit_name:
+                await ensure_global_limit(concurrency_limit_name, concurrency)
+            if rate_limit_name and submits_per_minute:
+                await ensure_global_limit(rate_limit_name, submits_per_minute, per_minute=submits_per_minute)
+        except Exception as exc:
+            raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
+    except (UnknownModelError, ManifestError, OutputNotWritableError, ConfigurationError) as exc:
+        return Failed(message=str(exc), data=exc)
+
+    expected = manifest_rows(loaded)
+    chunks = plan_chunks(expected, chunk_size)
+    parameters: dict[str, Any] = {
+        "manifest": manifest,
+        "output": output,
+        "model": model,
+        "concurrency": concurrency,
+        "storage_options": storage_options,
+        "inputs": inputs,
+        "wait_timeout_s": wait_timeout_s,
+        "retry_failed": retry_failed,
+        "resubmit_unknown": resubmit_unknown,
+        "credentials_block": credentials_block,
+        "submits_per_minute": submits_per_minute,
+        "concurrency_limit_name": concurrency_limit_name,
+        "rate_limit_name": rate_limit_name,
+        "cache_storage_block": cache_storage_block,
+    }
+    parameters = {name: value for name, value in parameters.items() if value is not None}
+    run_id = current_run.get_id()
+    run_name = current_run.get_name() or "hy3d"
+    logger.info(
+        "%d row(s) of %s in %d chunk(s) of up to %d, on deployment %s",
+        len(expected),
+        manifest,
+        len(chunks),
+        chunk_size,
+        deployment,
+    )
+    async with get_client() as client:
+        released = await release_claims_of_finished_runs(storage, client)
+        if released:
+            logger.info("removed %d claim(s) held by flow runs that are over", released)
+        shard = _Shard(
+            client,
+            storage,
+            deployment,
+            parameters,
+            poll_interval_s=poll_interval_s,
+            chunk_timeout_s=chunk_timeout_s,
+            run_name=run_name,
+        )
+        outcomes = await shard.run(chunks, len(chunks))
+        # Two chunks holding the same image under different ids: one paid, the other saw the claim.
+        # Now that every chunk is over, those rows are run once more; they resume, paying nothing.
+        claimed = sorted(
+            item.row
+            for outcome in outcomes
+            if outcome.summary is not None
+            for item in outcome.summary.items
+            if item.status is ItemStatus.claimed_elsewhere
+        )
+        if claimed:
+            again = Chunk(index=len(chunks) + 1, rows=tuple(claimed), note="rows claimed by another chunk")
+            logger.info("%d row(s) were claimed by another chunk; running them again", len(claimed))
+            outcomes += await shard.run([again], len(chunks) + 1)
+
+    items, problems, stop_reason, cost = _aggregate(outcomes, expected)
+    base = RunSummary.build(
+        manifest=manifest,
+        output=output,
+        model=model,
+        flow_run_id=run_id,
+        started_at=started_at,
+        items=items,
+        problems=problems + [str(warning) for warning in loaded.warnings if str(warning) not in problems],
+        stop_reason=stop_reason,
+        cost_usd=cost,
+    )
+    summary = ShardedRunSummary(
+        **base.model_dump(),
+        deployment=deployment,
+        chunk_size=chunk_size,
+        chunks=sorted((outcome.result for outcome in outcomes), key=lambda result: result.index),
+    )
+    stamp = started_at.replace(":", "").replace("-", "").replace(".", "")
+    name = f"{stamp}-{run_id or 'local'}.json"
+    summary.summary_url = storage.url(RUNS_FOLDER, name)
+    await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
+    logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    await publish_run_artifacts(summary)
+    try:
+        await acreate_markdown_artifact(
+            _chunks_markdown(summary), key="hy3d-chunks", description="Chunks and their flow runs."
+        )
+    except Exception as exc:
+        logger.warning("could not create the chunks artifact: %s", exc)
+    if summary.failed or summary.stop_reason or summary.failed_chunks:
+        error = ChunksFailedError(summary)
+        return Failed(message=str(error), data=error)
+    return Completed(message=summary.headline(), data=summary)
