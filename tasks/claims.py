@@ -1,9 +1,16 @@
 """Claims on work in a shared output: two runs on the same DEST never process the same content.
 
-A claim is a file created with exclusive create (``mode="xb"``: O_EXCL locally, a conditional
-put on object stores) under ``DEST/.hy3d/claims/``. It is removed when the run is done with it.
-A run that died leaves its claims behind: one whose owner process is gone (same host) or whose
-lease ran out (any host) is taken over.
+A claim is a file created with exclusive create under ``DEST/.hy3d/claims/``: a hard link locally
+(O_EXCL semantics, content complete), a conditional put on object stores (``mode="xb"``: s3fs sends
+``If-None-Match: *``, gcsfs ``ifGenerationMatch=0``, adlfs commits with ``If-None-Match: *``; the
+store refuses the second one), and a check-and-create under a process-wide lock on ``memory://``
+(whose store is one dict per process and whose "xb" checks, then creates, without a lock). It is
+removed when the run is done with it. A run that died leaves its claims behind: one whose owner
+process is gone (same host) or whose lease ran out (any host) is taken over.
+
+Claims are written by other clients, so they are never read through a client's listing cache
+(s3fs, gcsfs and adlfs answer ``info``/``open``/``ls`` from a folder listing they hold, however old):
+see :meth:`Storage.uncached`.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +30,15 @@ from tasks.storage import STATE_FOLDER, Storage, process_alive
 # A claim file that cannot be read (its writer died between create and write on a store without
 # atomic create-with-content) is someone's only for this long after it was last modified.
 UNREADABLE_CLAIM_GRACE_S = 60.0
+
+# File systems whose whole store lives in this process: exclusive create is made atomic here.
+_PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
+_process_local_create = threading.Lock()
+
+
+def _protocols(storage: Storage) -> frozenset[str]:
+    protocol = storage.fs.protocol
+    return frozenset((protocol,) if isinstance(protocol, str) else protocol)
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,7 @@ class ClaimRegistry:
 
     def _holder(self, key: str) -> ClaimHolder | None:
         try:
-            with self.storage.fs.open(self._path(key), "rb") as handle:
+            with self.storage.fs.open(self.storage.uncached(self._path(key)), "rb") as handle:
                 raw = json.loads(handle.read())
             return ClaimHolder(str(raw["run"]), str(raw["host"]), int(raw["pid"]), float(raw["expires_at"]))
         except FileNotFoundError:
@@ -58,7 +75,7 @@ class ClaimRegistry:
     def _modified_at(self, key: str) -> float:
         """When the claim file was last written (epoch seconds); now when the store cannot say."""
         try:
-            info = self.storage.fs.info(self._path(key))
+            info = self.storage.fs.info(self.storage.uncached(self._path(key)))
         except FileNotFoundError:
             return 0.0
         for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
@@ -101,7 +118,8 @@ class ClaimRegistry:
                 if holder is not None and not self._is_stale(holder):
                     return holder
                 if holder is not None:
-                    self.storage.fs.rm_file(path)  # take over a dead run's claim
+                    with contextlib.suppress(FileNotFoundError):  # another run may take it over too
+                        self.storage.fs.rm_file(path)  # take over a dead run's claim
                 continue
             self.held.add(key)
             return None
@@ -119,7 +137,11 @@ class ClaimRegistry:
             finally:
                 os.remove(staged)
             return
-        # Object stores: a conditional put (If-None-Match) creates the object with its content.
+        if _protocols(self.storage) & _PROCESS_LOCAL_PROTOCOLS:
+            with _process_local_create, self.storage.fs.open(path, "xb") as handle:
+                handle.write(body)
+            return
+        # Object stores: a conditional put creates the object with its content, or fails.
         with self.storage.fs.open(path, "xb") as handle:
             handle.write(body)
 
@@ -127,7 +149,7 @@ class ClaimRegistry:
         """Remove claims left by runs that died; done once at the start of a run."""
         folder = self.storage.path(STATE_FOLDER, "claims")
         try:
-            paths = self.storage.fs.ls(folder, detail=False)
+            paths = self.storage.fs.ls(self.storage.uncached(folder), detail=False)
         except FileNotFoundError:
             return 0
         removed = 0

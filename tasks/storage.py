@@ -59,12 +59,22 @@ class Storage:
         """The user-facing URL of ``parts`` under the root, protocol kept."""
         return "/".join([self.root_url, *_checked(parts)])
 
+    def uncached(self, path: str) -> str:
+        """``path`` (a file system path), with whatever the client cached about it and its folder
+        dropped. Object-store clients (s3fs, gcsfs, adlfs) answer ``info``/``exists``/``open`` from a
+        folder listing they took earlier, however old, and other runs, processes and machines write
+        here too: what decides whether to pay, publish or skip is read afresh. (adlfs drops only the
+        exact path it is given, hence the folder too.)"""
+        self.fs.invalidate_cache(path)
+        self.fs.invalidate_cache(path.rsplit("/", 1)[0])
+        return path
+
     def exists(self, *parts: str) -> bool:
-        return bool(self.fs.exists(self.path(*parts)))
+        return bool(self.fs.exists(self.uncached(self.path(*parts))))
 
     def size(self, *parts: str) -> int | None:
         try:
-            info = self.fs.info(self.path(*parts))
+            info = self.fs.info(self.uncached(self.path(*parts)))
         except FileNotFoundError:
             return None
         size = info.get("size")
@@ -73,7 +83,7 @@ class Storage:
     def read_json(self, *parts: str) -> Any:
         """The parsed JSON at ``parts``, or None when it does not exist or is not valid JSON."""
         try:
-            with self.fs.open(self.path(*parts), "rb") as handle:
+            with self.fs.open(self.uncached(self.path(*parts)), "rb") as handle:
                 return json.loads(handle.read().decode("utf-8"))
         except FileNotFoundError:
             return None

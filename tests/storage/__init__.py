@@ -1,0 +1,1 @@
+"""The storage suite: one set of tests, a fixture per fsspec backend."""
