@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import html
 import io
@@ -699,11 +700,15 @@ def gallery_markdown(gallery: Gallery, summary: RunSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def publish_gallery(storage: Storage, summary: RunSummary) -> str | None:
+async def publish_gallery(
+    storage: Storage, summary: RunSummary, *, max_backfill: int = MAX_BACKFILL
+) -> str | None:
     """Write the gallery (in a thread) and the ``hy3d-gallery`` markdown artifact. Returns the
     gallery's URL, or None when it could not be written; never raises (logged as a warning)."""
     try:
-        gallery = await asyncio.to_thread(build_gallery, storage, summary)
+        gallery = await asyncio.to_thread(
+            functools.partial(build_gallery, storage, summary, max_backfill=max_backfill)
+        )
     except Exception as exc:
         logger.warning("could not write the gallery: %s: %s", type(exc).__name__, exc)
         return None

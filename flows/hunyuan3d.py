@@ -198,8 +198,8 @@ async def generate_meshes(
         Literal["auto", "on", "off"],
         Field(
             description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s "
-            f"CPU each); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (the gallery fills in 200 missing "
-            "previews per run)."
+            f"CPU each); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run also fills in up to "
+            "200 missing ones)."
         ),
     ] = "auto",
     max_cost: Annotated[
@@ -249,7 +249,7 @@ async def generate_meshes(
             each); none: plain coroutines, for runs larger than the server can record; auto: per-step up
             to 250 items.
         previews: Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s CPU
-            each); auto: on up to 100 items (the gallery fills in 200 missing previews per run).
+            each); auto: on up to 100 items (such a run also fills in up to 200 missing ones).
         max_cost: Budget in USD: refuse to start when the estimate exceeds it, and stop submitting
             when the run's spending would.
         cache_storage_block: Saved Prefect filesystem block ('remote-file-system/NAME') holding submit
@@ -398,7 +398,9 @@ async def generate_meshes(
     )
     name = _summary_name(started_at, run_id)
     summary.summary_url = storage.url(RUNS_FOLDER, name)
-    summary.gallery_url = await publish_gallery(storage, summary)
+    # Missing thumbnails are filled in only when this run renders them at all (large runs skip that
+    # CPU: a later small run, or previews="on", fills them in).
+    summary.gallery_url = await publish_gallery(storage, summary, max_backfill=200 if ctx.previews else 0)
     await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
     if summary.gallery_url:
