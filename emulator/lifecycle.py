@@ -88,6 +88,7 @@ async def run_prediction(state: EmulatorState, prediction: Prediction, spec: Mod
             try:
                 await _process(state, prediction, spec)
                 prediction.status = "completed"
+                state.stats.record_completed(prediction.id, prediction.outputs)
                 outcome = None
             except TaskFailure as failure:
                 prediction.error, prediction.code = failure.message, failure.code

@@ -159,4 +159,5 @@ class PredictionRoutes:
         prediction = state.store.prediction(pid, config.retention_s)
         if prediction is None:
             raise ApiError(404, f"Prediction not found: {pid}")
+        state.stats.record_poll_answer(pid, prediction.status)
         return envelope(prediction.to_json())

@@ -7,7 +7,9 @@ the lock and returns a copy or a plain number.
 from __future__ import annotations
 
 import hashlib
+import statistics
 import threading
+import time
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +62,16 @@ class EmulatorStats:
         self.failures_by_code: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.webhooks: dict[str, str] = {}
+        # Timelines (epoch seconds, time.time(), comparable with other processes on this machine):
+        # when each prediction was accepted, when it completed, and when a poll first answered
+        # `completed` -- the client cannot have noticed the completion before that poll.
+        self.accepted_at: dict[str, float] = {}
+        self.completed_at: dict[str, float] = {}
+        self.first_completed_poll_at: dict[str, float] = {}
+        self.polls_after_completed: Counter[str] = Counter()
+        self.first_poll_at: dict[str, float] = {}
+        self.first_download_at: dict[str, float] = {}  # by prediction id, of any of its outputs
+        self._owner_of_output: dict[str, str] = {}
 
     # ---- writers (called by the server) ------------------------------------------------------------
     def reset(self) -> None:
@@ -88,6 +100,7 @@ class EmulatorStats:
             self.billed_usd = round(self.billed_usd + price, 9)
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self.accepted_at[pid] = time.time()
             if webhook:
                 self.webhooks[pid] = webhook
 
@@ -107,6 +120,24 @@ class EmulatorStats:
                 self.failed += 1
                 self.failures_by_code[code] += 1
 
+    def record_completed(self, prediction_id: str, outputs: list[str] | tuple[str, ...] = ()) -> None:
+        """The prediction's status just became `completed` with these output URLs (published)."""
+        with self._lock:
+            self.completed_at.setdefault(prediction_id, time.time())
+            for url in outputs:
+                self._owner_of_output[_output_name(url)] = prediction_id
+
+    def record_poll_answer(self, prediction_id: str, status: str) -> None:
+        """A poll is answered with the prediction's `status` (after faults: only real answers)."""
+        with self._lock:
+            self.first_poll_at.setdefault(prediction_id, time.time())
+            if status != "completed":
+                return
+            if prediction_id in self.first_completed_poll_at:
+                self.polls_after_completed[prediction_id] += 1
+            else:
+                self.first_completed_poll_at[prediction_id] = time.time()
+
     def record_upload(self, route: str, size: int) -> None:
         with self._lock:
             self.uploads[route] += 1
@@ -123,6 +154,9 @@ class EmulatorStats:
     def record_download(self, name: str, truncated: bool) -> None:
         with self._lock:
             self.downloads_by_output[name] += 1
+            owner = self._owner_of_output.get(name)
+            if owner is not None:
+                self.first_download_at.setdefault(owner, time.time())
             if truncated:
                 self.downloads_truncated += 1
 
@@ -180,6 +214,35 @@ class EmulatorStats:
                 if m == method and r == route and (status is None or s == status)
             )
 
+    def completion_lags(self) -> dict[str, float]:
+        """Seconds from `completed` to the first poll that answered `completed`, per prediction that
+        was polled after completing (how late the client noticed)."""
+        with self._lock:
+            return self._lags()
+
+    def _lags(self) -> dict[str, float]:
+        return {
+            pid: max(0.0, self.first_completed_poll_at[pid] - done)
+            for pid, done in self.completed_at.items()
+            if pid in self.first_completed_poll_at
+        }
+
+    def _lag_summary(self) -> dict[str, float | int | None]:
+        lags = sorted(self._lags().values())
+        if not lags:
+            return {"count": 0, "mean": None, "p50": None, "p90": None, "max": None}
+
+        def quantile(q: float) -> float:
+            return lags[min(len(lags) - 1, round(q * (len(lags) - 1)))]
+
+        return {
+            "count": len(lags),
+            "mean": statistics.fmean(lags),
+            "p50": quantile(0.5),
+            "p90": quantile(0.9),
+            "max": lags[-1],
+        }
+
     def fault_count(self, name: str) -> int:
         with self._lock:
             return self.faults[name]
@@ -211,4 +274,11 @@ class EmulatorStats:
                 "failures_by_code": {str(k): v for k, v in self.failures_by_code.items()},
                 "faults": dict(self.faults),
                 "webhooks": dict(self.webhooks),
+                "accepted_at": dict(self.accepted_at),
+                "completed_at": dict(self.completed_at),
+                "first_completed_poll_at": dict(self.first_completed_poll_at),
+                "polls_after_completed": dict(self.polls_after_completed),
+                "first_poll_at": dict(self.first_poll_at),
+                "first_download_at": dict(self.first_download_at),
+                "completion_lag_s": self._lag_summary(),
             }

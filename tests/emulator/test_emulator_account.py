@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -96,3 +97,40 @@ def test_padded_outputs_for_benchmarks(emu: EmulatorServer, api: Any, make_image
     body = httpx.get(data["outputs"][0]).content
     assert 2_000_000 - 4 <= len(body) <= 2_000_000
     assert body[:4] == b"glTF"
+
+
+def test_completion_timeline_records_when_the_client_noticed(
+    emu: EmulatorServer, api: Any, make_image: Any
+) -> None:
+    emu.config.latency_s = 0.2
+    before = time.time()
+    pid = api.submit_ok({"image": api.upload(make_image())})["id"]
+    assert api.poll(pid)["status"] in ("created", "processing")
+    assert emu.stats.completion_lags() == {}
+    time.sleep(0.5)  # completed meanwhile; nobody polled
+    assert api.poll(pid)["status"] == "completed"
+    api.poll(pid)
+    snapshot = httpx.get(f"{emu.url}/_emulator/stats").json()
+    accepted, completed = snapshot["accepted_at"][pid], snapshot["completed_at"][pid]
+    noticed = snapshot["first_completed_poll_at"][pid]
+    assert before <= accepted < snapshot["first_poll_at"][pid] < completed < noticed <= time.time()
+    assert pid not in snapshot["first_download_at"]
+    assert completed - accepted >= 0.2
+    lag = emu.stats.completion_lags()[pid]
+    assert lag == pytest.approx(noticed - completed) and 0.2 <= lag < 2.0
+    assert snapshot["polls_after_completed"] == {pid: 1}
+    httpx.get(api.poll(pid)["outputs"][0])
+    assert noticed < emu.stats.snapshot()["first_download_at"][pid] <= time.time()
+    summary = snapshot["completion_lag_s"]
+    assert summary["count"] == 1 and summary["max"] == pytest.approx(lag)
+    emu.reset()
+    assert emu.stats.snapshot()["completion_lag_s"]["count"] == 0
+
+
+def test_faulted_polls_do_not_count_as_noticed(emu: EmulatorServer, api: Any, make_image: Any) -> None:
+    pid = api.wait(api.submit_ok({"image": api.upload(make_image())})["id"])["id"]
+    noticed = emu.stats.first_completed_poll_at[pid]
+    emu.config.poll_429_rate = 1.0
+    assert api.http.get(f"/api/v3/predictions/{pid}/result").status_code == 429
+    assert emu.stats.first_completed_poll_at[pid] == noticed
+    assert emu.stats.polls_after_completed[pid] == 0
