@@ -144,17 +144,21 @@ class WaveSpeedClient:
         )
         timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
         client_headers = {"X-Client-Name": "prefect-hunyuan3d", "X-Client-Version": __version__}
+        # Concurrency is bounded by the flow (and the account); httpx's default pool of 100 would
+        # make items beyond it wait for a connection (PoolTimeout) at higher tiers.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
             timeout=timeout,
+            limits=limits,
             transport=transport,
             follow_redirects=False,
         )
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator()
         self._public = httpx.AsyncClient(
-            headers=client_headers, timeout=timeout, transport=transport, follow_redirects=True
+            headers=client_headers, timeout=timeout, limits=limits, transport=transport, follow_redirects=True
         )
 
     def __repr__(self) -> str:
