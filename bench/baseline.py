@@ -5,9 +5,13 @@ For every manifest row, under a semaphore of ``--concurrency``: upload the image
 then stream the ``.glb`` to ``DEST/<id>/mesh.glb`` (written to ``.partial``, length checked against
 ``Content-Length``, renamed). One ``httpx.AsyncClient`` with keep-alive, at most C connections.
 
-Polling: a growing interval, by default exactly the project's client policy (first poll after
-``--poll-initial`` s, ×``--poll-backoff`` per poll, capped at ``--poll-max``; the bench passes the
-flow's effective ``WAVESPEED_POLL_*`` values); ``--poll-backoff 1`` makes it a fixed interval.
+Polling: a growing interval (first poll after ``--poll-initial`` s, ×``--poll-backoff`` per poll,
+capped at ``--poll-max``; the bench passes the flow's ``WAVESPEED_POLL_*`` values); ``--poll-backoff 1``
+makes it a fixed interval. ``--poll-adaptive`` adds what the project's client does since
+``tasks/polling.py`` (restated here, not imported): once 3 predictions have completed, the first poll
+goes out at the 90th percentile of their ``executionTime`` after the submit, a prediction still
+``created`` is polled again after half of it, an overdue one after a tenth (never below
+``--poll-initial``, never above ``--poll-max``).
 Every loop is bounded: polls by ``--wait-timeout``, retries (429/5xx/transport errors on idempotent
 requests; a submit only when it certainly was not received: connect errors, 429) by ``--attempts``.
 
@@ -23,12 +27,13 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import mimetypes
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -54,12 +59,31 @@ class PollPolicy:
     backoff: float
     maximum_s: float
     timeout_s: float
+    adaptive: bool = False
 
 
 @dataclass
 class Counters:
     polls: int = 0
     landed: int = 0
+    durations: list[float] = field(default_factory=list)  # executionTime of completed predictions, s
+
+    def expected(self) -> float | None:
+        """90th percentile of the processing times seen so far (None before 3 of them)."""
+        if len(self.durations) < 3:
+            return None
+        ordered = sorted(self.durations[-256:])
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(0.9 * len(ordered)) - 1))]
+
+
+def next_pause(policy: PollPolicy, polls: int, elapsed: float, status: str, expected: float | None) -> float:
+    if expected is None or not policy.adaptive:
+        return min(policy.initial_s * policy.backoff**polls, policy.maximum_s)
+    if polls == 0:
+        return max(policy.initial_s, expected) - elapsed
+    if status == "created":
+        return min(max(policy.initial_s, expected / 2), policy.maximum_s)
+    return min(max(policy.initial_s, expected / 10), policy.maximum_s)
 
 
 def read_manifest(path: Path) -> list[tuple[str, Path]]:
@@ -125,19 +149,24 @@ async def submit(client: httpx.AsyncClient, model: str, image_url: str, attempts
 async def wait(
     client: httpx.AsyncClient, pid: str, policy: PollPolicy, attempts: int, counters: Counters
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + policy.timeout_s
-    interval = policy.initial_s
+    submitted = time.monotonic()
+    deadline = submitted + policy.timeout_s
+    polls, status = 0, "created"
 
     async def call() -> dict[str, Any]:
         counters.polls += 1
         return data_of(await client.get(f"/api/v3/predictions/{pid}/result"))
 
     while time.monotonic() < deadline:
-        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        pause = next_pause(policy, polls, time.monotonic() - submitted, status, counters.expected())
+        await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
         prediction = await retrying(attempts, call)
-        if prediction.get("status") in ("completed", "failed"):
+        polls, status = polls + 1, str(prediction.get("status"))
+        if status in ("completed", "failed"):
+            execution_ms = prediction.get("executionTime")
+            if status == "completed" and isinstance(execution_ms, int | float) and execution_ms > 0:
+                counters.durations.append(execution_ms / 1000)
             return prediction
-        interval = min(interval * policy.backoff, policy.maximum_s)
     raise Failed(f"prediction {pid} not terminal after {policy.timeout_s:g} s")
 
 
@@ -197,7 +226,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     items = read_manifest(Path(args.manifest))
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    policy = PollPolicy(args.poll_initial, args.poll_backoff, args.poll_max, args.wait_timeout)
+    policy = PollPolicy(
+        args.poll_initial, args.poll_backoff, args.poll_max, args.wait_timeout, args.poll_adaptive
+    )
     counters = Counters()
     errors: list[str] = []
     limit = asyncio.Semaphore(args.concurrency)
@@ -234,6 +265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-initial", type=float, default=2.0, help="first poll after (s)")
     parser.add_argument("--poll-backoff", type=float, default=1.5, help="interval growth (1 = fixed)")
     parser.add_argument("--poll-max", type=float, default=15.0, help="interval cap (s)")
+    parser.add_argument(
+        "--poll-adaptive", action="store_true", help="first poll at the p90 of the durations seen"
+    )
     parser.add_argument("--wait-timeout", type=float, default=900.0, help="deadline per prediction (s)")
     parser.add_argument("--attempts", type=int, default=6, help="attempts per request (default 6)")
     args = parser.parse_args(argv)

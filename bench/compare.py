@@ -12,16 +12,26 @@ Contenders (``--contenders``, default per preset), each in its own process:
                     start-up *is* in the wall time and whose CPU *is* in the row's CPU (a reaped
                     child). Its database is migrated beforehand, so the start-up is a warm one.
     baseline        ``bench/baseline.py``: asyncio + httpx, upload -> submit -> poll -> streamed
-                    download, semaphore of C, by default the same growing poll policy as the flow's
-                    client (``--baseline-poll fixed=S`` for a fixed interval).
+                    download, semaphore of C, by default the flow client's poll schedule restated
+                    (tasks/polling.py: growing from the WAVESPEED_POLL_* settings, then first poll
+                    at the p90 of the durations seen); ``--baseline-poll growing`` or ``fixed=S``.
     sdk             ``bench/sdk_runner.py``: ``wavespeed.upload`` + ``wavespeed.run()`` (SDK 2.0.5,
                     fixed 1 s polls) in a thread pool of C, then a streamed httpx download.
 
 The emulator runs in its own process (``python -m emulator``) and is reset between contenders
 (``POST /_emulator/reset``, same seed: the same jitter sequence for everyone). The flow runs as
 ``python bench/compare.py _flow ... -- run ...``, which calls ``hy3d.cli.main`` exactly as the
-``hy3d`` console script does, after hooking Prefect to count the task and flow runs it creates
-(and, with ``--profile``, under pyinstrument).
+``hy3d`` console script does, after hooking Prefect to count the task and flow runs it creates.
+``--profile`` runs it under py-spy (every thread; found on PATH, in the venv or in /tmp/pyspy:
+``python3 -m pip install --target /tmp/pyspy py-spy``), else under pyinstrument (main thread only);
+the files go to bench/profiles/ (git-ignored by a .gitignore the bench writes there), the summary
+to RESULTS.md.
+
+Before measuring, each contender runs once on 2 other images with L=0.1 s (imports, bytecode,
+server-side flow registration warm; ``--no-warmup`` to skip). This machine sets
+PYTHONDONTWRITEBYTECODE=1 and the venv holds no .pyc: contenders get a PYTHONPYCACHEPREFIX under the
+temp dir instead (``--cold-imports`` keeps compiling every import from source, seconds per process).
+When a contender outlives ``--timeout`` it gets SIGINT, then SIGKILL 30 s later.
 
 Per contender: wall time; ratio to ceil(N/C)*L and to the baseline; images/s and a steady-state
 images/s (items landed between the 10th and 90th percentile of landing times, from the meshes'
@@ -31,7 +41,7 @@ a prediction becoming ``completed`` to the first poll that answered ``completed`
 to the first accepted submit). Targets are printed next to the figures, never asserted.
 
     uv run python bench/compare.py --quick
-    uv run python bench/compare.py --preset ratio [--profile]
+    uv run python bench/compare.py --preset ratio|throughput|polls|memory|history [--profile]
     uv run python bench/compare.py --n 300 --c 50 --latency 2 --jitter 0.2 --contenders flow,baseline
 
 A section is appended to bench/RESULTS.md (``--no-record`` to skip). Exit 0 when every contender
@@ -787,6 +797,7 @@ def contender_command(
         return command, env
     if name == "baseline":
         initial, backoff, maximum = args.baseline_policy
+        adaptive = ["--poll-adaptive"] if args.baseline_poll == "client" else []
         command = [
             sys.executable,
             str(BENCH / "baseline.py"),
@@ -801,6 +812,7 @@ def contender_command(
             str(backoff),
             "--poll-max",
             str(maximum),
+            *adaptive,
         ]
         return command, env
     if name == "sdk":
@@ -1136,7 +1148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-poll",
         default="client",
-        help="'client' (the flow client's growing policy, default) or 'fixed=SECONDS'",
+        help="'client' (default: the client's policy, tasks/polling.py restated: growing from the "
+        "WAVESPEED_POLL_* settings, then first poll at the p90 of the durations seen), 'growing' (the "
+        "settings' growing interval only) or 'fixed=SECONDS'",
     )
     parser.add_argument(
         "--flow-env",
@@ -1196,8 +1210,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.flow_env = dict(kv.split("=", 1) for kv in args.flow_env)
     except ValueError:
         parser.error("--flow-env takes KEY=VALUE")
-    if args.baseline_poll != "client" and not re.fullmatch(r"fixed=\d+(\.\d+)?", args.baseline_poll):
-        parser.error("--baseline-poll takes 'client' or 'fixed=SECONDS'")
+    if args.baseline_poll not in ("client", "growing") and not re.fullmatch(
+        r"fixed=\d+(\.\d+)?", args.baseline_poll
+    ):
+        parser.error("--baseline-poll takes 'client', 'growing' or 'fixed=SECONDS'")
     return args
 
 
@@ -1206,7 +1222,7 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
     ideal = math.ceil(args.n / args.c) * args.latency
     timeout_s = args.timeout or 10 * ideal + 300
     flow_policy = poll_policy(args.flow_env)
-    if args.baseline_poll == "client":
+    if args.baseline_poll in ("client", "growing"):
         args.baseline_policy = flow_policy
     else:
         fixed = float(args.baseline_poll.split("=", 1)[1])
@@ -1306,8 +1322,13 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         f"- Poll policy in tasks.settings (the flow may schedule its polls otherwise: see 'accepted -> "
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "
         f"{describe_policy(args.baseline_policy)}"
-        f"{' (same as the flow)' if args.baseline_policy == flow_policy else ''}; "
-        "SDK: fixed 1 s (its default)",
+        + (
+            ", then the first poll at the p90 of the durations seen, overdue polls every tenth "
+            "(`--baseline-poll client`: tasks/polling.py restated)"
+            if args.baseline_poll == "client"
+            else ""
+        )
+        + "; SDK: fixed 1 s (its default)",
         f"- Flow env overrides: {args.flow_env or 'none'}",
         "- Warm start: "
         + ("cold imports (PYTHONDONTWRITEBYTECODE kept)" if args.cold_imports else "bytecode cached")
