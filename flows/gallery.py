@@ -50,7 +50,7 @@ from PIL import Image
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.records import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, ItemStatus, RunSummary, utc_now
-from tasks.preview import render_preview
+from tasks.preview import PREVIEW_MAX_BYTES, PreviewTooLargeError, render_preview
 from tasks.storage import STATE_FOLDER, Storage
 
 logger = logging.getLogger("hy3d.gallery")
@@ -154,8 +154,13 @@ def write_preview(storage: Storage, item_id: str) -> str | None:
 
 def _write_item_assets(storage: Storage, item_id: str, metadata: Any) -> str | None:
     preview_url: str | None = None
-    if not storage.exists(item_id, MESH_FILE):
+    mesh_bytes = storage.size(item_id, MESH_FILE)
+    if mesh_bytes is None:
         logger.warning("%s: no %s to preview", item_id, MESH_FILE)
+    elif mesh_bytes > max(PREVIEW_MAX_BYTES, MAX_SIDECAR_BYTES):
+        # Neither a preview nor a sidecar: not worth copying the mesh from an object store.
+        _drop_sidecar(storage, item_id)
+        logger.info("%s: no preview (the mesh is %d MiB)", item_id, mesh_bytes // 2**20)
     else:
         with _local_copy(storage, item_id, MESH_FILE) as mesh_path:
             try:
@@ -167,6 +172,8 @@ def _write_item_assets(storage: Storage, item_id: str, metadata: Any) -> str | N
             try:
                 _write_bytes(storage, render_preview(mesh_path, PREVIEW_PX), item_id, PREVIEW_FILE)
                 preview_url = storage.url(item_id, PREVIEW_FILE)
+            except PreviewTooLargeError as exc:
+                logger.info("%s: no preview: %s", item_id, exc)
             except Exception as exc:
                 logger.warning("%s: could not render the preview: %s: %s", item_id, type(exc).__name__, exc)
     if isinstance(metadata, dict):
@@ -178,8 +185,7 @@ def _write_sidecar(storage: Storage, item_id: str, mesh_path: str) -> bool:
     """``mesh.js``: the GLB as base64 assigned to ``window.hy3dMeshes[id]``, streamed (never the
     whole mesh in memory twice). A mesh over the limit gets none (and loses a stale one)."""
     if os.path.getsize(mesh_path) > MAX_SIDECAR_BYTES:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            storage.fs.rm_file(storage.path(item_id, SIDECAR_FILE))
+        _drop_sidecar(storage, item_id)
         return False
     key = json.dumps(item_id, ensure_ascii=True)
     with (
@@ -192,6 +198,12 @@ def _write_sidecar(storage: Storage, item_id: str, mesh_path: str) -> bool:
             out.write(base64.b64encode(chunk))
         out.write(b'";\n')
     return True
+
+
+def _drop_sidecar(storage: Storage, item_id: str) -> None:
+    """A stale sidecar would show an older mesh than the one published."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        storage.fs.rm_file(storage.path(item_id, SIDECAR_FILE))
 
 
 def _is_url(source: str) -> bool:
@@ -314,7 +326,7 @@ def build_gallery(storage: Storage, summary: RunSummary, *, max_backfill: int = 
                 and entry.has(MESH_FILE)
                 and _attempts(record, mesh_key) < MAX_ATTEMPTS
                 and (
-                    entry.stale(PREVIEW_FILE)
+                    (entry.stale(PREVIEW_FILE) and _size(entry, MESH_FILE) <= PREVIEW_MAX_BYTES)
                     or (entry.stale(SIDECAR_FILE) and _size(entry, MESH_FILE) <= MAX_SIDECAR_BYTES)
                 )
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import trimesh
 from PIL import Image
+
+from tasks.meshinfo import FULL_PARSE_MAX_BYTES, FULL_PARSE_SLOTS
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -37,6 +40,9 @@ MARGIN = 0.06  # of the image, on each side
 MAX_TEXTURE_PX = 1024  # textures are sampled per pixel; bigger ones are downscaled first
 CLAY = (0.72, 0.70, 0.66)  # the colour of a mesh without any colour information (linear-ish sRGB)
 CREASE_COS = math.cos(math.radians(40.0))  # sharper edges are shaded flat
+# A preview loads the whole file, like a full parse, and costs about as much memory again as the
+# mesh: bigger meshes get none (fifty 100 MB meshes landing at once would not fit).
+PREVIEW_MAX_BYTES = FULL_PARSE_MAX_BYTES
 # Fragments per rasterizer batch (bounds memory: ~10 float32/int arrays of this length).
 BATCH_FRAGMENTS = 1 << 20
 
@@ -46,7 +52,11 @@ _LIGHT /= np.linalg.norm(_LIGHT)
 
 
 class PreviewError(ValueError):
-    """The file holds nothing that can be drawn (no triangles)."""
+    """The file holds nothing that can be drawn (no triangles), or is too big to draw."""
+
+
+class PreviewTooLargeError(PreviewError):
+    """The mesh is over :data:`PREVIEW_MAX_BYTES`."""
 
 
 @dataclass
@@ -66,15 +76,25 @@ class _Part:
 def render_preview(glb_path: str, size: int = 256) -> bytes:
     """A ``size`` × ``size`` RGBA PNG of the GLB at ``glb_path``, transparent background.
 
-    Raises :class:`PreviewError` when the file has no triangles, and whatever trimesh raises for a
-    file it cannot read."""
+    Raises :class:`PreviewTooLargeError` for a file over :data:`PREVIEW_MAX_BYTES`,
+    :class:`PreviewError` when the file has no triangles, and whatever trimesh raises for a file it
+    cannot read. Renders share the full-parse slots of :mod:`tasks.meshinfo` (memory is bounded by
+    the slots, not by how many items land at once)."""
     if size < 8:
         raise ValueError(f"preview size {size} is too small")
-    scene = trimesh.load(glb_path, file_type="glb", force="scene")
-    parts = _scene_parts(scene)
-    if not parts:
-        raise PreviewError("the mesh has no triangles to draw")
-    image = _render(parts, size)
+    file_bytes = os.path.getsize(glb_path)
+    if file_bytes > PREVIEW_MAX_BYTES:
+        raise PreviewTooLargeError(
+            f"the mesh is {file_bytes / 2**20:.0f} MiB; previews are drawn up to "
+            f"{PREVIEW_MAX_BYTES / 2**20:.0f} MiB"
+        )
+    with FULL_PARSE_SLOTS:
+        scene = trimesh.load(glb_path, file_type="glb", force="scene")
+        parts = _scene_parts(scene)
+        del scene
+        if not parts:
+            raise PreviewError("the mesh has no triangles to draw")
+        image = _render(parts, size)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()

@@ -31,7 +31,9 @@ import pytest
 import trimesh
 from PIL import Image
 
+import flows.gallery as gallery_module
 from emulator import EmulatorServer
+from emulator.glb import pad_glb
 from emulator.meshgen import image_to_glb, prompt_to_glb
 from flows.gallery import (
     ASSETS_FOLDER,
@@ -48,6 +50,7 @@ from flows.gallery import (
     write_preview,
 )
 from flows.records import ItemOutcome, ItemStatus, RunSummary, metadata_document, utc_now
+from tasks import preview
 from tasks.preview import PreviewError, render_preview
 from tasks.storage import Storage
 from tests.conftest import SAMPLES, run_flow
@@ -280,6 +283,32 @@ def test_preview_refuses_what_is_not_a_mesh(tmp_path: Path, caplog: pytest.LogCa
         assert write_preview(Storage(str(tmp_path / "out")), "bad") is None
     assert "could not render the preview" in caplog.text
     assert not (tmp_path / "out" / "bad" / PREVIEW_FILE).exists()
+
+
+def test_meshes_over_the_preview_limit_get_no_preview_and_are_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A preview loads the whole mesh (several times its size in memory): big meshes get none,
+    # quietly, and later gallery writes do not try again. Limits scaled down for the test.
+    out = tmp_path / "out"
+    small = image_to_glb((SAMPLES / "red-ball.png").read_bytes())
+    landed_item(out, "big", SAMPLES / "red-ball.png", pad_glb(small, 400_000))
+    landed_item(out, "small", SAMPLES / "blue-mug.png")
+    monkeypatch.setattr(preview, "PREVIEW_MAX_BYTES", 200_000)
+    monkeypatch.setattr(gallery_module, "PREVIEW_MAX_BYTES", 200_000)
+    monkeypatch.setattr(gallery_module, "MAX_SIDECAR_BYTES", 200_000)
+    with pytest.raises(preview.PreviewTooLargeError):
+        render_preview(str(out / "big" / "mesh.glb"))
+    storage = Storage(str(out))
+    with caplog.at_level(logging.INFO, logger="hy3d.gallery"):
+        assert write_preview(storage, "big") is None
+        assert write_preview(storage, "small") is not None
+    assert "big: no preview (the mesh is" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not (out / "big" / PREVIEW_FILE).exists() and not (out / "big" / SIDECAR_FILE).exists()
+
+    gallery = build_gallery(storage, summary_of(str(out), []))
+    assert gallery.backfilled == 0 and gallery.landed == 2
 
 
 # -- the gallery files ----------------------------------------------------------------------------
