@@ -7,11 +7,10 @@ then stream the ``.glb`` to ``DEST/<id>/mesh.glb`` (written to ``.partial``, len
 
 Polling: a growing interval (first poll after ``--poll-initial`` s, ×``--poll-backoff`` per poll,
 capped at ``--poll-max``; the bench passes the flow's ``WAVESPEED_POLL_*`` values); ``--poll-backoff 1``
-makes it a fixed interval. ``--poll-adaptive`` adds what the project's client does since
-``tasks/polling.py`` (restated here, not imported): once 3 predictions have completed, the first poll
-goes out at the 90th percentile of their ``executionTime`` after the submit, a prediction still
-``created`` is polled again after half of it, an overdue one after a tenth (never below
-``--poll-initial``, never above ``--poll-max``).
+makes it a fixed interval. ``--poll-adaptive`` polls on the project's own schedule instead,
+:class:`tasks.polling.PollSchedule` (imported: it is pure scheduling, and the point of the
+comparison is the orchestration around the polls, not the policy): the first wave's scouts learn
+the model's ``executionTime``, the rest poll on the plan made from it.
 Every loop is bounded: polls by ``--wait-timeout``, retries (429/5xx/transport errors on idempotent
 requests; a submit only when it certainly was not received: connect errors, 429) by ``--attempts``.
 
@@ -27,18 +26,19 @@ import argparse
 import asyncio
 import csv
 import json
-import math
 import mimetypes
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+
+from tasks.polling import DurationEstimator, PollSchedule
 
 MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
 CHUNK = 1024 * 1024
@@ -64,26 +64,20 @@ class PollPolicy:
 
 @dataclass
 class Counters:
+    durations: DurationEstimator  # executionTime of completed predictions, shared by all waits
     polls: int = 0
     landed: int = 0
-    durations: list[float] = field(default_factory=list)  # executionTime of completed predictions, s
-
-    def expected(self) -> float | None:
-        """90th percentile of the processing times seen so far (None before 3 of them)."""
-        if len(self.durations) < 3:
-            return None
-        ordered = sorted(self.durations[-256:])
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(0.9 * len(ordered)) - 1))]
 
 
-def next_pause(policy: PollPolicy, polls: int, elapsed: float, status: str, expected: float | None) -> float:
-    if expected is None or not policy.adaptive:
-        return min(policy.initial_s * policy.backoff**polls, policy.maximum_s)
-    if polls == 0:
-        return max(policy.initial_s, expected) - elapsed
-    if status == "created":
-        return min(max(policy.initial_s, expected / 2), policy.maximum_s)
-    return min(max(policy.initial_s, expected / 10), policy.maximum_s)
+def schedule_for(policy: PollPolicy, durations: DurationEstimator, submitted: float) -> PollSchedule:
+    return PollSchedule(
+        durations,
+        MODEL if policy.adaptive else None,
+        submitted,
+        floor=policy.initial_s,
+        backoff=policy.backoff,
+        ceiling=policy.maximum_s,
+    )
 
 
 def read_manifest(path: Path) -> list[tuple[str, Path]]:
@@ -157,16 +151,23 @@ async def wait(
         counters.polls += 1
         return data_of(await client.get(f"/api/v3/predictions/{pid}/result"))
 
-    while time.monotonic() < deadline:
-        pause = next_pause(policy, polls, time.monotonic() - submitted, status, counters.expected())
-        await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
-        prediction = await retrying(attempts, call)
-        polls, status = polls + 1, str(prediction.get("status"))
-        if status in ("completed", "failed"):
-            execution_ms = prediction.get("executionTime")
-            if status == "completed" and isinstance(execution_ms, int | float) and execution_ms > 0:
-                counters.durations.append(execution_ms / 1000)
-            return prediction
+    durations = counters.durations
+    schedule = schedule_for(policy, durations, submitted)
+    try:
+        while time.monotonic() < deadline:
+            pause = await schedule.next_pause(polls, status, deadline)
+            if pause is None:
+                continue
+            await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
+            prediction = await retrying(attempts, call)
+            polls, status = polls + 1, str(prediction.get("status"))
+            if status in ("completed", "failed"):
+                execution_ms = prediction.get("executionTime")
+                if status == "completed" and isinstance(execution_ms, int | float) and execution_ms > 0:
+                    durations.add(MODEL, execution_ms / 1000)
+                return prediction
+    finally:
+        schedule.close()
     raise Failed(f"prediction {pid} not terminal after {policy.timeout_s:g} s")
 
 
@@ -229,7 +230,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     policy = PollPolicy(
         args.poll_initial, args.poll_backoff, args.poll_max, args.wait_timeout, args.poll_adaptive
     )
-    counters = Counters()
+    counters = Counters(DurationEstimator(floor=policy.initial_s))
     errors: list[str] = []
     limit = asyncio.Semaphore(args.concurrency)
     base_url = loopback_only(os.environ.get("WAVESPEED_BASE_URL", ""))
@@ -265,9 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-initial", type=float, default=2.0, help="first poll after (s)")
     parser.add_argument("--poll-backoff", type=float, default=1.5, help="interval growth (1 = fixed)")
     parser.add_argument("--poll-max", type=float, default=15.0, help="interval cap (s)")
-    parser.add_argument(
-        "--poll-adaptive", action="store_true", help="first poll at the p90 of the durations seen"
-    )
+    parser.add_argument("--poll-adaptive", action="store_true", help="the client's schedule (tasks.polling)")
     parser.add_argument("--wait-timeout", type=float, default=900.0, help="deadline per prediction (s)")
     parser.add_argument("--attempts", type=int, default=6, help="attempts per request (default 6)")
     args = parser.parse_args(argv)

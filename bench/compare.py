@@ -12,9 +12,9 @@ Contenders (``--contenders``, default per preset), each in its own process:
                     start-up *is* in the wall time and whose CPU *is* in the row's CPU (a reaped
                     child). Its database is migrated beforehand, so the start-up is a warm one.
     baseline        ``bench/baseline.py``: asyncio + httpx, upload -> submit -> poll -> streamed
-                    download, semaphore of C, by default the flow client's poll schedule restated
-                    (tasks/polling.py: growing from the WAVESPEED_POLL_* settings, then first poll
-                    at the p90 of the durations seen); ``--baseline-poll growing`` or ``fixed=S``.
+                    download, semaphore of C, by default polling on the client's own schedule
+                    (tasks.polling.PollSchedule: cold-start scouts, then polls planned from the
+                    durations seen); ``--baseline-poll growing`` or ``fixed=S``.
     sdk             ``bench/sdk_runner.py``: ``wavespeed.upload`` + ``wavespeed.run()`` (SDK 2.0.5,
                     fixed 1 s polls) in a thread pool of C, then a streamed httpx download.
 
@@ -1148,9 +1148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-poll",
         default="client",
-        help="'client' (default: the client's policy, tasks/polling.py restated: growing from the "
-        "WAVESPEED_POLL_* settings, then first poll at the p90 of the durations seen), 'growing' (the "
-        "settings' growing interval only) or 'fixed=SECONDS'",
+        help="'client' (default: the client's schedule, tasks.polling.PollSchedule), 'growing' (the "
+        "WAVESPEED_POLL_* settings' growing interval only) or 'fixed=SECONDS'",
     )
     parser.add_argument(
         "--flow-env",
@@ -1323,8 +1322,8 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "
         f"{describe_policy(args.baseline_policy)}"
         + (
-            ", then the first poll at the p90 of the durations seen, overdue polls every tenth "
-            "(`--baseline-poll client`: tasks/polling.py restated)"
+            ", scheduled by tasks.polling.PollSchedule like the client's (`--baseline-poll client`: "
+            "cold-start scouts, then polls planned from the durations seen)"
             if args.baseline_poll == "client"
             else ""
         )

@@ -39,7 +39,7 @@ from tasks.errors import (
     is_retry_safe,
     is_transient,
 )
-from tasks.polling import DurationEstimator, next_pause
+from tasks.polling import DurationEstimator, PollSchedule
 from tasks.prediction import Prediction
 from tasks.retrying import RetryPolicy, retry_async
 from tasks.settings import WaveSpeedSettings
@@ -156,7 +156,7 @@ class WaveSpeedClient:
             follow_redirects=False,
         )
         # Processing times seen, per model: they schedule the polls of later predictions.
-        self.durations = DurationEstimator()
+        self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         self._public = httpx.AsyncClient(
             headers=client_headers, timeout=timeout, limits=limits, transport=transport, follow_redirects=True
         )
@@ -259,34 +259,47 @@ class WaveSpeedClient:
         started = time.monotonic()
         origin = submitted_at if submitted_at is not None else started
         deadline = started + (timeout_s if timeout_s is not None else s.wait_timeout_s)
+        # Durations are learned per model from predictions this process submitted (their age is known).
+        schedule = PollSchedule(
+            self.durations,
+            model if model and submitted_at is not None else None,
+            origin,
+            floor=s.poll_initial_interval_s,
+            backoff=s.poll_backoff,
+            ceiling=s.poll_max_interval_s,
+        )
         status = "unknown"
         polls = 0
-        while True:
-            expected = self.durations.quantile(model, 0.9) if model and submitted_at is not None else None
-            pause = next_pause(
-                polls=polls,
-                elapsed=time.monotonic() - origin,
-                status=status,
-                expected=expected,
-                floor=s.poll_initial_interval_s,
-                backoff=s.poll_backoff,
-                ceiling=s.poll_max_interval_s,
-            )
-            await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
-            try:
-                prediction = await self.get_prediction(prediction_id, deadline=deadline)
-            except (NoResponseError, RequestNotSentError, RateLimitError, ServerError, InvalidResponseError):
+        try:
+            while True:
+                pause = await schedule.next_pause(polls, status, deadline)
+                if pause is None:
+                    continue
+                await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
+                try:
+                    prediction = await self.get_prediction(prediction_id, deadline=deadline)
+                except (
+                    NoResponseError,
+                    RequestNotSentError,
+                    RateLimitError,
+                    ServerError,
+                    InvalidResponseError,
+                ):
+                    if time.monotonic() >= deadline:
+                        raise PredictionTimeoutError(
+                            prediction_id, time.monotonic() - started, status
+                        ) from None
+                    raise
+                polls += 1
+                status = prediction.status
+                if prediction.is_terminal:
+                    if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
+                        self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
+                    return prediction
                 if time.monotonic() >= deadline:
-                    raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status) from None
-                raise
-            polls += 1
-            status = prediction.status
-            if prediction.is_terminal:
-                if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
-                    self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
-                return prediction
-            if time.monotonic() >= deadline:
-                raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
+                    raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
+        finally:
+            schedule.close()
 
     async def get_balance(self) -> float:
         """Account balance in USD. Also the cheapest authenticated call: the flow uses it to check

@@ -1,65 +1,264 @@
 """When to poll next: few polls per prediction, completion noticed soon after it happens.
 
-Before anything is known, intervals grow (2 s, ×1.5, capped). Once a few predictions of a model
-have completed, their processing times (WaveSpeed's ``executionTime``) tell when the next one will
-likely be done: the first poll goes out at about the 90th percentile of that time, so most
-predictions are found completed by one poll, a moment after they finish; the overdue few are
-polled again at a tenth of the typical duration. Never more often than the floor
-(``poll_initial_interval_s``, 2 s by default, as WaveSpeed's docs ask).
+**Once durations are known.** WaveSpeed reports each completed prediction's processing time
+(``executionTime``). From the recent ones of a model, :func:`plan_polls` picks the moment of the
+first poll (seconds after the submit) that notices completions soonest on average while keeping
+the expected number of polls within :data:`PLAN_POLL_BUDGET`; overdue predictions are polled again
+every ``floor`` seconds (``poll_initial_interval_s``, 2 s by default: the docs ask for no faster).
+With durations spread evenly over ±J around L, that is one poll at about L + J when 2·J is short
+next to the floor, and a first poll near the middle with a second and third 2 s apart when the
+spread is wide.
+
+**Before anything is known (a cold start).** The first wave of a run would otherwise poll on the
+growing interval (2, 3, 4.5… s) and notice completions up to a whole interval late. Instead a few
+waits of each model are *scouts* (:data:`SCOUTS`) and the rest *followers*. Scouts poll early and
+often; they learn the processing time for everyone. Followers make no poll at all until
+:data:`MIN_SAMPLES` durations are known (or a long safety interval passes), then follow the plan. The
+scouts' extra polls are spread over the followers: a scout polls at the floor while many wait on
+it, and on the usual growing interval when it is alone (a run of three images polls no more than
+before).
+
+:class:`PollSchedule` puts these together for one prediction; the client (:mod:`tasks.client`)
+sleeps and polls. The rest is pure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
 import math
 import threading
+import time
 from collections import deque
+from dataclasses import dataclass
+
+MIN_SAMPLES = 3  # durations of a model before its polls are planned
+SCOUTS = 4  # waits per model that poll early while no duration is known
+PLAN_POLL_BUDGET = 1.8  # expected polls per prediction allowed to the plan (the target is <= 3)
+SCOUT_POLL_SHARE = 0.5  # extra polls per waiting prediction that the scouts may spend
+FOLLOWER_SAFETY_FACTOR = 4.0  # a follower polls anyway after this many poll_max_interval_s
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    """When to poll a prediction of a model whose processing times are known."""
+
+    first_s: float  # seconds after the submit
+    overdue_s: float  # then every this many seconds
+    median_s: float  # median processing time (a queued prediction waits about half of it)
+    expected_polls: float  # over the samples the plan was made from
+    expected_lag_s: float  # mean delay between completion and the poll that sees it
+
+
+def plan_polls(durations: list[float], floor: float, budget: float = PLAN_POLL_BUDGET) -> PollPlan:
+    """The first-poll time that minimises the mean lag over ``durations`` (sorted or not) when
+    overdue predictions are polled every ``floor`` seconds, among those whose expected polls stay
+    within ``budget``; polling at the longest duration (one poll each) is always allowed."""
+    ordered = sorted(durations)
+    if not ordered:
+        raise ValueError("no durations to plan from")
+    count = len(ordered)
+    candidates = {ordered[min(count - 1, math.ceil(q / 40 * count) - 1)] for q in range(20, 41)}
+    best: PollPlan | None = None
+    for first in sorted(max(floor, c) for c in candidates):
+        total_lag = total_polls = 0.0
+        for duration in ordered:
+            extra = math.ceil(max(0.0, duration - first) / floor - 1e-9)
+            total_lag += first + extra * floor - duration
+            total_polls += 1 + extra
+        plan = PollPlan(first, floor, ordered[count // 2], total_polls / count, total_lag / count)
+        if plan.expected_polls <= budget and (best is None or plan.expected_lag_s < best.expected_lag_s):
+            best = plan
+    assert best is not None  # the largest candidate costs one poll per prediction
+    return best
+
+
+def growing_pause(polls: int, floor: float, backoff: float, ceiling: float) -> float:
+    """The interval for a prediction nothing is known about: floor, ×backoff per poll, capped."""
+    return min(floor * backoff**polls, max(floor, ceiling))
+
+
+def planned_pause(plan: PollPlan, *, polls: int, elapsed: float, status: str, ceiling: float) -> float:
+    """Seconds to sleep before the next poll of a prediction submitted ``elapsed`` seconds ago."""
+    if polls == 0:
+        return max(0.0, plan.first_s - elapsed)
+    if status == "created":
+        # Still queued behind the account's concurrency: it needs at least a processing time.
+        return min(max(plan.overdue_s, plan.median_s / 2), max(plan.overdue_s, ceiling))
+    return plan.overdue_s
+
+
+def scout_pause(
+    polls: int, elapsed: float, *, scouts: int, followers: int, floor: float, backoff: float, ceiling: float
+) -> float:
+    """A scout's interval: as short as the floor while its extra polls are spread over many
+    followers (their total stays near ``SCOUT_POLL_SHARE`` per waiting prediction), never longer
+    than the growing interval."""
+    spread = max(1, scouts) * max(elapsed, floor) / (SCOUT_POLL_SHARE * (max(1, scouts) + followers))
+    return max(floor, min(growing_pause(polls, floor, backoff, ceiling), spread))
+
+
+def follower_safety_pause(polls: int, ceiling: float, backoff: float) -> float:
+    """How long a follower waits for the scouts before polling on its own."""
+    return FOLLOWER_SAFETY_FACTOR * ceiling * backoff**polls
+
+
+class Role(enum.Enum):
+    scout = "scout"
+    follower = "follower"
 
 
 class DurationEstimator:
-    """Recent processing times per model (seconds), shared by all waits of one client."""
+    """Recent processing times per model (seconds) and the cold-start roles, shared by all waits
+    of one client. Thread-safe; waits may run on different event loops."""
 
-    MIN_SAMPLES = 3
-
-    def __init__(self, window: int = 256) -> None:
+    def __init__(self, window: int = 256, floor: float = 2.0) -> None:
         self._window = window
+        self._floor = floor
         self._samples: dict[str, deque[float]] = {}
+        self._plans: dict[str, PollPlan] = {}
+        self._added_since_plan: dict[str, int] = {}
+        self._scouts: dict[str, int] = {}
+        self._followers: dict[str, int] = {}
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self._lock = threading.Lock()
 
     def add(self, model: str, seconds: float) -> None:
         if seconds <= 0 or not math.isfinite(seconds):
             return
         with self._lock:
-            self._samples.setdefault(model, deque(maxlen=self._window)).append(seconds)
+            samples = self._samples.setdefault(model, deque(maxlen=self._window))
+            samples.append(seconds)
+            added = self._added_since_plan.get(model, 0) + 1
+            self._added_since_plan[model] = added
+            # Re-plan on every sample while few are known, then every 1/16th of the window.
+            if len(samples) >= MIN_SAMPLES and (
+                model not in self._plans or added >= max(1, len(samples) // 16)
+            ):
+                self._plans[model] = plan_polls(list(samples), self._floor)
+                self._added_since_plan[model] = 0
+                learned = True
+            else:
+                learned = False
+        if learned:
+            self._wake(model)
 
-    def quantile(self, model: str, q: float) -> float | None:
+    def plan(self, model: str) -> PollPlan | None:
         with self._lock:
-            samples = sorted(self._samples.get(model, ()))
-        if len(samples) < self.MIN_SAMPLES:
-            return None
-        index = min(len(samples) - 1, max(0, math.ceil(q * len(samples)) - 1))
-        return samples[index]
+            return self._plans.get(model)
+
+    # -- cold start ---------------------------------------------------------------------------
+
+    def enlist(self, model: str, current: Role | None) -> Role:
+        """The role of a wait that finds no plan: a scout while fewer than :data:`SCOUTS` are
+        scouting, else a follower (a follower is promoted when a scout leaves)."""
+        with self._lock:
+            if current is Role.scout:
+                return current
+            if self._scouts.get(model, 0) < SCOUTS:
+                if current is Role.follower:
+                    self._followers[model] -= 1
+                self._scouts[model] = self._scouts.get(model, 0) + 1
+                return Role.scout
+            if current is None:
+                self._followers[model] = self._followers.get(model, 0) + 1
+            return Role.follower
+
+    def leave(self, model: str, role: Role) -> None:
+        with self._lock:
+            counts = self._scouts if role is Role.scout else self._followers
+            counts[model] = max(0, counts.get(model, 0) - 1)
+        if role is Role.scout:
+            self._wake(model)  # a follower may take its place
+
+    def census(self, model: str) -> tuple[int, int]:
+        """(scouts, followers) of ``model`` right now."""
+        with self._lock:
+            return self._scouts.get(model, 0), self._followers.get(model, 0)
+
+    async def wait_for_news(self, model: str, timeout: float) -> bool:
+        """Sleep until the model's durations are planned or a scout leaves (True), or ``timeout``
+        seconds pass (False)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        entry = (loop, future)
+        with self._lock:
+            if model in self._plans:
+                return True
+            self._waiters.setdefault(model, []).append(entry)
+        try:
+            done, _ = await asyncio.wait([future], timeout=max(0.0, timeout))
+            return bool(done)
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(model, [])
+                if entry in waiters:
+                    waiters.remove(entry)
+
+    def _wake(self, model: str) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(model, [])
+        for loop, future in waiters:
+            # A waiter whose loop has closed meanwhile has nothing left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
 
 
-def next_pause(
-    *,
-    polls: int,
-    elapsed: float,
-    status: str,
-    expected: float | None,
-    floor: float,
-    backoff: float,
-    ceiling: float,
-) -> float:
-    """Seconds to sleep before the next poll.
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
-    ``polls`` made so far, ``elapsed`` seconds since the submit (or since waiting began), the
-    last ``status`` seen, ``expected`` processing time (None while unknown).
-    """
-    if expected is None:
-        return min(floor * backoff**polls, ceiling)
-    if polls == 0:
-        return max(floor, expected) - elapsed if elapsed < max(floor, expected) else floor
-    if status == "created":
-        # Still queued behind the account's concurrency: it needs at least a processing time.
-        return min(max(floor, expected / 2), ceiling)
-    return min(max(floor, expected / 10), ceiling)
+
+class PollSchedule:
+    """The polls of one prediction: :meth:`next_pause` before each, :meth:`close` when done.
+
+    ``model`` is None when nothing should be learned or planned (the prediction's age is unknown,
+    e.g. resumed from an earlier run): then intervals simply grow. ``origin`` is the
+    ``time.monotonic()`` of the submit."""
+
+    def __init__(
+        self,
+        estimator: DurationEstimator,
+        model: str | None,
+        origin: float,
+        *,
+        floor: float,
+        backoff: float,
+        ceiling: float,
+    ) -> None:
+        self._estimator = estimator
+        self._model = model
+        self._origin = origin
+        self._floor, self._backoff, self._ceiling = floor, backoff, ceiling
+        self.role: Role | None = None
+
+    async def next_pause(self, polls: int, status: str, deadline: float) -> float | None:
+        """Seconds to sleep before the next poll, or None after a follower slept until news of
+        its model's durations (call again: there may be a plan now, or a scout's place)."""
+        elapsed = time.monotonic() - self._origin
+        if self._model is None:
+            return growing_pause(polls, self._floor, self._backoff, self._ceiling)
+        plan = self._estimator.plan(self._model)
+        if plan is not None:
+            return planned_pause(plan, polls=polls, elapsed=elapsed, status=status, ceiling=self._ceiling)
+        self.role = self._estimator.enlist(self._model, self.role)
+        if self.role is Role.follower:
+            safety = follower_safety_pause(polls, self._ceiling, self._backoff)
+            remaining = max(0.0, deadline - time.monotonic())
+            return None if await self._estimator.wait_for_news(self._model, min(safety, remaining)) else 0.0
+        scouts, followers = self._estimator.census(self._model)
+        return scout_pause(
+            polls,
+            elapsed,
+            scouts=scouts,
+            followers=followers,
+            floor=self._floor,
+            backoff=self._backoff,
+            ceiling=self._ceiling,
+        )
+
+    def close(self) -> None:
+        if self.role is not None and self._model is not None:
+            self._estimator.leave(self._model, self.role)
+            self.role = None
