@@ -11,6 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import subprocess
@@ -83,7 +84,15 @@ def samples(tmp_path: Path) -> Path:
 @pytest.fixture
 def image_server(samples: Path) -> Iterator[str]:
     """A plain static HTTP server on loopback serving the sample images (for URL manifests)."""
-    handler = functools.partial(_QuietHandler, directory=str(samples))
+    with serve(samples) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """A static HTTP server on loopback over ``folder`` (as a bucket serving the output would);
+    yields its base URL and stops it on exit."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
-import http.server
 import io
 import json
 import logging
 import shutil
-import threading
 import time
 import uuid
 import warnings
@@ -53,7 +50,7 @@ from flows.records import ItemOutcome, ItemStatus, RunSummary, metadata_document
 from tasks import preview
 from tasks.preview import PreviewError, render_preview
 from tasks.storage import Storage
-from tests.conftest import SAMPLES, run_flow
+from tests.conftest import SAMPLES, run_flow, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -132,25 +129,6 @@ def landed_item(folder: Path, item_id: str, image: Path, glb: bytes | None = Non
     )
     (folder / item_id / "metadata.json").write_text(json.dumps(document))
     return ItemOutcome(id=item_id, row=2, status=ItemStatus.completed, source=str(image), faces=faces)
-
-
-@contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """A static HTTP server on loopback over ``folder`` (as a bucket serving the output would)."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 @contextlib.contextmanager
