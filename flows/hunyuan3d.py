@@ -22,6 +22,15 @@ from flows.artifacts import ProgressArtifact, publish_run_artifacts
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
 from flows.manifest import ManifestError, RowProblem, load_manifest
+from flows.parameters import (
+    ConcurrencyParam,
+    InputsParam,
+    ModelParam,
+    ResubmitUnknownParam,
+    StorageOptionsParam,
+    SubmitsPerMinuteParam,
+    WaitTimeoutParam,
+)
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
@@ -31,7 +40,7 @@ from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
 from tasks.limits import Budget, BudgetExceededError, SubmitThrottle, ensure_global_limit
-from tasks.models import KNOWN_MODELS, ModelSpec, UnknownModelError, check_model
+from tasks.models import ModelSpec, UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
 from tasks.submit import submit
@@ -133,26 +142,14 @@ async def generate_meshes(
         str,
         Field(description="Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://)."),
     ],
-    model: Annotated[
-        str,
-        # A plain string checked in the body (one clear error), offered as a choice in the UI form.
-        Field(
-            description="WaveSpeed Hunyuan3D model id.",
-            json_schema_extra={"enum": sorted(KNOWN_MODELS)},
-        ),
-    ] = DEFAULT_MODEL,
+    model: ModelParam = DEFAULT_MODEL,
     concurrency: Annotated[
-        int, Field(ge=1, le=10_000, description="Predictions in flight (WaveSpeed Bronze tier allows 2).")
+        ConcurrencyParam, Field(description="Predictions in flight (WaveSpeed Bronze tier allows 2).")
     ] = 2,
-    storage_options: Annotated[
-        dict[str, Any] | None,
-        Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),
-    ] = None,
-    inputs: Annotated[
-        dict[str, Any] | None, Field(description="Extra model inputs applied to every item.")
-    ] = None,
+    storage_options: StorageOptionsParam = None,
+    inputs: InputsParam = None,
     wait_timeout_s: Annotated[
-        float | None, Field(gt=0, description="Deadline per prediction; default from settings.")
+        WaitTimeoutParam, Field(description="Deadline per prediction; default from settings.")
     ] = None,
     retry_failed: Annotated[
         bool,
@@ -160,17 +157,14 @@ async def generate_meshes(
             description="Submit again predictions that failed with a transient code (5000/5003/5004). Billed."
         ),
     ] = False,
-    resubmit_unknown: Annotated[
-        bool,
-        Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
-    ] = False,
+    resubmit_unknown: ResubmitUnknownParam = False,
     credentials_block: Annotated[
         str | None,
         Field(description="Name of a saved WaveSpeed Credentials block; default: WAVESPEED_* settings."),
     ] = None,
     submits_per_minute: Annotated[
-        int | None,
-        Field(ge=1, description="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap."),
+        SubmitsPerMinuteParam,
+        Field(description="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap."),
     ] = None,
     concurrency_limit_name: Annotated[
         str | None,

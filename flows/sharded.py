@@ -45,9 +45,18 @@ from pydantic import BaseModel, Field, ValidationError
 from flows.artifacts import publish_run_artifacts
 from flows.hunyuan3d import ConfigurationError, OutputNotWritableError
 from flows.manifest import Manifest, ManifestError, load_manifest
+from flows.parameters import (
+    ConcurrencyParam,
+    InputsParam,
+    ModelParam,
+    ResubmitUnknownParam,
+    StorageOptionsParam,
+    SubmitsPerMinuteParam,
+    WaitTimeoutParam,
+)
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
 from tasks.limits import ensure_global_limit
-from tasks.models import KNOWN_MODELS, UnknownModelError, check_model
+from tasks.models import UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL
 from tasks.storage import STATE_FOLDER, Storage
 
@@ -503,42 +512,29 @@ async def generate_meshes_sharded(
             description="Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll."
         ),
     ] = DEFAULT_DEPLOYMENT,
-    model: Annotated[
-        str,
-        Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
-    ] = DEFAULT_MODEL,
+    model: ModelParam = DEFAULT_MODEL,
     concurrency: Annotated[
-        int,
+        ConcurrencyParam,
         Field(
-            ge=1,
-            le=10_000,
             description="Predictions in flight per chunk; also the size of the global in-flight limit when "
-            "it has to be created.",
+            "it has to be created."
         ),
     ] = 2,
-    storage_options: Annotated[
-        dict[str, Any] | None,
-        Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),
-    ] = None,
-    inputs: Annotated[
-        dict[str, Any] | None, Field(description="Extra model inputs applied to every item.")
-    ] = None,
+    storage_options: StorageOptionsParam = None,
+    inputs: InputsParam = None,
     wait_timeout_s: Annotated[
-        float | None, Field(gt=0, description="Deadline per prediction; default from the workers' settings.")
+        WaitTimeoutParam, Field(description="Deadline per prediction; default from the workers' settings.")
     ] = None,
     retry_failed: Annotated[
         bool, Field(description="Submit again predictions that failed with a transient code. Billed.")
     ] = False,
-    resubmit_unknown: Annotated[
-        bool,
-        Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
-    ] = False,
+    resubmit_unknown: ResubmitUnknownParam = False,
     credentials_block: Annotated[
         str | None, Field(description="Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_*.")
     ] = None,
     submits_per_minute: Annotated[
-        int | None,
-        Field(ge=1, description="Cap on submits per minute across all chunks (shared rate limit)."),
+        SubmitsPerMinuteParam,
+        Field(description="Cap on submits per minute across all chunks (shared rate limit)."),
     ] = None,
     concurrency_limit_name: Annotated[
         str | None,

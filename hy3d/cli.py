@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -17,6 +16,13 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from prefect import State
 
+from hy3d.options import (
+    add_item_options,
+    add_key_value_option,
+    add_manifest_argument,
+    add_model_option,
+    add_resubmit_options,
+)
 from hy3d.prefect_env import apply_defaults
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
@@ -26,46 +32,12 @@ class UsageError(Exception):
     """Bad arguments or configuration: reported in one line, exit code 2."""
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.settings import DEFAULT_MODEL
-
-    parser.add_argument("manifest", help="CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL).")
+    add_manifest_argument(parser)
     parser.add_argument("--output", "-o", required=True, help="Destination: any fsspec URL or local folder.")
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
-    )
+    add_model_option(parser)
     parser.add_argument("--concurrency", type=int, default=2, help="Predictions in flight (default 2).")
-    parser.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option for manifest, images and output, e.g. endpoint_url=http://... (repeatable; "
-        "VALUE is parsed as JSON when it can be).",
-    )
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="Extra model input applied to every item (repeatable).",
-    )
-    parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
+    add_item_options(parser)
     parser.add_argument(
         "--submits-per-minute",
         type=int,
@@ -86,17 +58,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USD",
         help="Refuse to start when the estimate exceeds USD; stop submitting when spending would.",
     )
-    parser.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="Submit again predictions that failed with a transient code (5000/5003/5004). Billed again.",
-    )
-    parser.add_argument(
-        "--resubmit-unknown",
-        action="store_true",
-        help="Submit again items whose earlier submit may have been accepted (timeout, 502/504). "
-        "May bill twice.",
-    )
+    add_resubmit_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    from tasks.settings import DEFAULT_MODEL
-
     estimate = commands.add_parser(
         "estimate",
         help="Print what a run would pay for, before paying anything.",
@@ -136,24 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output, resumable or cached), the price per item from WaveSpeed, the total, and the account "
         "balance. Reads WAVESPEED_API_KEY and WAVESPEED_BASE_URL.",
     )
-    estimate.add_argument(
-        "manifest", help="CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL)."
-    )
+    add_manifest_argument(estimate)
     estimate.add_argument("--output", "-o", default=None, help="The output a run would write to (optional).")
-    estimate.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
-    )
-    estimate.add_argument(
-        "--input", dest="inputs", action="append", type=_key_value, default=[], metavar="KEY=VALUE"
-    )
-    estimate.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-    )
+    add_model_option(estimate)
+    add_key_value_option(estimate, "--input", dest="inputs")
+    add_key_value_option(estimate, "--storage-option", dest="storage_options")
 
     demo = commands.add_parser(
         "demo",

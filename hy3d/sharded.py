@@ -16,7 +16,13 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from hy3d.cli import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _key_value
+from hy3d.cli import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from hy3d.options import (
+    add_item_options,
+    add_manifest_argument,
+    add_model_option,
+    add_resubmit_options,
+)
 from hy3d.prefect_env import apply_defaults
 
 if TYPE_CHECKING:
@@ -32,9 +38,7 @@ DEFAULT_IN_FLIGHT_LIMIT = "hy3d-in-flight"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``hy3d run-sharded`` (those of ``hy3d run`` that make sense per chunk, and more)."""
-    from tasks.settings import DEFAULT_MODEL
-
-    parser.add_argument("manifest", help="CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL).")
+    add_manifest_argument(parser)
     parser.add_argument(
         "--output", "-o", required=True, help="Destination every worker can write: any fsspec URL."
     )
@@ -49,9 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DEPLOYMENT,
         help=f"Deployment running each chunk on its work pool (default {DEFAULT_DEPLOYMENT}).",
     )
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
-    )
+    add_model_option(parser)
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -71,25 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Cap on submits per minute across all chunks (a Prefect rate limit). Default: no cap.",
     )
     parser.add_argument("--rate-limit-name", default=None, help="Name of that Prefect rate limit.")
-    parser.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option for manifest, images and output (repeatable).",
+    add_item_options(
+        parser, storage_option_help="fsspec option for manifest, images and output (repeatable)."
     )
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="Extra model input applied to every item (repeatable).",
-    )
-    parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
     parser.add_argument(
         "--chunk-timeout",
         type=float,
@@ -104,13 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-storage-block", default=None, help="Filesystem block holding the submit cache."
     )
     parser.add_argument("--credentials-block", default=None, help="Saved WaveSpeed Credentials block.")
-    parser.add_argument(
-        "--retry-failed", action="store_true", help="Submit again transiently failed predictions. Billed."
-    )
-    parser.add_argument(
-        "--resubmit-unknown",
-        action="store_true",
-        help="Submit again items whose earlier submit may have been accepted. May bill twice.",
+    add_resubmit_options(
+        parser,
+        retry_failed_help="Submit again transiently failed predictions. Billed.",
+        resubmit_unknown_help="Submit again items whose earlier submit may have been accepted. "
+        "May bill twice.",
     )
 
 

@@ -1,0 +1,35 @@
+"""Parameter types shared by the ``hunyuan3d-meshes`` and ``hunyuan3d-meshes-sharded`` flows.
+
+Each alias holds a parameter's type and constraints, and its description where both flows word it
+alike. Where they do not (per run, per chunk), a flow adds its own: ``Annotated[ConcurrencyParam,
+Field(description=...)]`` (pydantic merges the two ``Field``s). What the Prefect UI shows as a
+parameter's description comes from the ``Args:`` section of the flow's docstring, which Prefect's
+parameter schema puts over these.
+"""
+
+# No `from __future__ import annotations`: the flows' annotations are these objects themselves
+# (flow.serve() pickles the flows, deployments resolve their annotations at load time).
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from tasks.models import KNOWN_MODELS
+
+# A plain string checked in the flow's body (one clear error), offered as a choice in the UI form.
+ModelParam = Annotated[
+    str,
+    Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
+]
+ConcurrencyParam = Annotated[int, Field(ge=1, le=10_000)]
+StorageOptionsParam = Annotated[
+    dict[str, Any] | None,
+    Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),
+]
+InputsParam = Annotated[dict[str, Any] | None, Field(description="Extra model inputs applied to every item.")]
+WaitTimeoutParam = Annotated[float | None, Field(gt=0)]
+ResubmitUnknownParam = Annotated[
+    bool,
+    Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
+]
+SubmitsPerMinuteParam = Annotated[int | None, Field(ge=1)]

@@ -1,0 +1,79 @@
+"""Command-line options shared by ``hy3d run``, ``hy3d run-sharded`` and ``hy3d estimate``.
+
+Each helper adds options that stand together in every command that has them, so each command's
+``--help`` keeps its own order; where a command words an option's help its own way (per chunk, per
+run), the text is an argument, ``hy3d run``'s being the default. Importing this does not import Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+MANIFEST_HELP = "CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL)."
+STORAGE_OPTION_HELP = (
+    "fsspec option for manifest, images and output, e.g. endpoint_url=http://... (repeatable; "
+    "VALUE is parsed as JSON when it can be)."
+)
+RETRY_FAILED_HELP = (
+    "Submit again predictions that failed with a transient code (5000/5003/5004). Billed again."
+)
+RESUBMIT_UNKNOWN_HELP = (
+    "Submit again items whose earlier submit may have been accepted (timeout, 502/504). May bill twice."
+)
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, VALUE parsed as JSON when it can be."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def add_key_value_option(
+    parser: argparse.ArgumentParser, flag: str, *, dest: str, help: str | None = None
+) -> None:
+    """A repeatable ``FLAG KEY=VALUE`` collected as a list of pairs in ``dest`` (``dict()`` it)."""
+    parser.add_argument(
+        flag, dest=dest, action="append", type=key_value, default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def add_manifest_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", help=MANIFEST_HELP)
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    from tasks.settings import DEFAULT_MODEL
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
+    )
+
+
+def add_item_options(
+    parser: argparse.ArgumentParser, *, storage_option_help: str = STORAGE_OPTION_HELP
+) -> None:
+    """``--storage-option``, ``--input`` and ``--wait-timeout``: how every item is read and run."""
+    add_key_value_option(parser, "--storage-option", dest="storage_options", help=storage_option_help)
+    add_key_value_option(
+        parser, "--input", dest="inputs", help="Extra model input applied to every item (repeatable)."
+    )
+    parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
+
+
+def add_resubmit_options(
+    parser: argparse.ArgumentParser,
+    *,
+    retry_failed_help: str = RETRY_FAILED_HELP,
+    resubmit_unknown_help: str = RESUBMIT_UNKNOWN_HELP,
+) -> None:
+    """``--retry-failed`` and ``--resubmit-unknown``: the two ways to pay again, both off by default."""
+    parser.add_argument("--retry-failed", action="store_true", help=retry_failed_help)
+    parser.add_argument("--resubmit-unknown", action="store_true", help=resubmit_unknown_help)
