@@ -146,7 +146,10 @@ class WaveSpeedClient:
         client_headers = {"X-Client-Name": "prefect-hunyuan3d", "X-Client-Version": __version__}
         # Concurrency is bounded by the flow (and the account); httpx's default pool of 100 would
         # make items beyond it wait for a connection (PoolTimeout) at higher tiers.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        # Idle connections are dropped after 4 s, before servers commonly drop them (uvicorn 5 s,
+        # load balancers 60 s): a submit sent on a connection the server is closing at that moment
+        # fails without an answer, and an unanswered submit cannot be retried (it may be billed).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
