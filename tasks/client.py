@@ -39,6 +39,7 @@ from tasks.errors import (
     is_retry_safe,
     is_transient,
 )
+from tasks.lanes import LanedTransport
 from tasks.polling import DurationEstimator, PollSchedule
 from tasks.prediction import Prediction
 from tasks.retrying import RetryPolicy, retry_async
@@ -150,18 +151,26 @@ class WaveSpeedClient:
         # load balancers 60 s): a submit sent on a connection the server is closing at that moment
         # fails without an answer, and an unanswered submit cannot be retried (it may be billed).
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
+
+        def pools() -> httpx.AsyncBaseTransport:
+            # Several small pools: one big pool costs CPU per request in proportion to its
+            # connections (see tasks.lanes).
+            if transport is not None:
+                return transport
+            return LanedTransport(lambda: httpx.AsyncHTTPTransport(limits=limits))
+
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
             timeout=timeout,
-            limits=limits,
-            transport=transport,
+            limits=limits,  # for proxy transports from the environment; ours are the lanes
+            transport=pools(),
             follow_redirects=False,
         )
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         self._public = httpx.AsyncClient(
-            headers=client_headers, timeout=timeout, limits=limits, transport=transport, follow_redirects=True
+            headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
         )
 
     def __repr__(self) -> str:
