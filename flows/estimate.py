@@ -84,7 +84,11 @@ async def estimate_cost(
     submit_task: Task[..., Any],
 ) -> Estimate:
     """Count what would be paid for and price it. Prices come from WaveSpeed's price endpoint, once
-    per distinct set of non-image inputs (the image does not change the price)."""
+    per distinct set of non-image inputs (the image does not change the price).
+
+    The output and the ledger are read here and read again when each item is processed: this is a
+    forecast, while what decides whether to pay is read afresh at that moment (another run on the
+    same output may have landed or submitted the item meanwhile)."""
     estimate = Estimate(items=len(prepared))
     store = await ResultStore().aupdate_for_task(submit_task)
     ledger = PredictionLedger(storage) if storage is not None else None
