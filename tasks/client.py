@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import time
@@ -46,6 +47,8 @@ from tasks.retrying import RetryPolicy, retry_async
 from tasks.settings import WaveSpeedSettings
 
 logger = logging.getLogger("hy3d.client")
+
+ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -152,12 +155,15 @@ class WaveSpeedClient:
         # fails without an answer, and an unanswered submit cannot be retried (it may be billed).
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
 
+        # One TLS context for every pool (each costs ~20 ms of CPU to make), made on first use.
+        shared_tls = functools.cache(httpx.create_ssl_context)
+
         def pools() -> httpx.AsyncBaseTransport:
             # Several small pools: one big pool costs CPU per request in proportion to its
             # connections (see tasks.lanes).
             if transport is not None:
                 return transport
-            return LanedTransport(lambda: httpx.AsyncHTTPTransport(limits=limits))
+            return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=limits))
 
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
@@ -169,6 +175,10 @@ class WaveSpeedClient:
         )
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
+        # When each prediction this client submitted was accepted (monotonic): its polls are
+        # timed from then, not from when the caller got round to waiting (ledger and cache
+        # writes come in between, and take seconds when thousands of items are in flight).
+        self._accepted_at: dict[str, float] = {}
         self._public = httpx.AsyncClient(
             headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
         )
@@ -238,9 +248,13 @@ class WaveSpeedClient:
         except InvalidResponseError as exc:
             raise SubmitOutcomeUnknownError(f"unreadable answer to an accepted request: {exc}") from exc
         try:
-            return Prediction.model_validate(data)
+            prediction = Prediction.model_validate(data)
         except ValueError as exc:
             raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
+        self._accepted_at[prediction.id] = time.monotonic()
+        while len(self._accepted_at) > ACCEPTED_AT_KEPT:  # ids never waited on here
+            self._accepted_at.pop(next(iter(self._accepted_at)))
+        return prediction
 
     async def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
         """Fetch a prediction's current state, retrying transient failures."""
@@ -263,12 +277,16 @@ class WaveSpeedClient:
     ) -> Prediction:
         """Poll until the prediction is terminal or the deadline passes (see :mod:`tasks.polling`).
 
-        ``submitted_at`` is the ``time.monotonic()`` of the submit, when this process made it.
+        ``submitted_at`` is the ``time.monotonic()`` of the submit, when this process made it;
+        when this client made it, the moment its answer arrived is used instead.
         Returns the terminal prediction (completed *or* failed); raises
         :class:`PredictionTimeoutError` at the deadline. Unknown statuses mean "keep waiting".
         """
         s = self.settings
         started = time.monotonic()
+        accepted_at = self._accepted_at.pop(prediction_id, None)
+        if accepted_at is not None:
+            submitted_at = accepted_at
         origin = submitted_at if submitted_at is not None else started
         deadline = started + (timeout_s if timeout_s is not None else s.wait_timeout_s)
         # Durations are learned per model from predictions this process submitted (their age is known).

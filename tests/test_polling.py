@@ -137,3 +137,24 @@ def test_a_cold_first_wave_polls_little_and_notices_completions_soon(emulator: E
     assert len(lags) == 40
     assert statistics.mean(polls) <= 3.0, polls
     assert statistics.mean(lags) <= 0.5, lags  # ~0.06 s on a quiet machine
+
+
+def test_polls_are_timed_from_the_moment_the_submit_was_accepted(emulator: EmulatorServer) -> None:
+    """The flow writes its ledger and cache records between the submit and the wait (seconds,
+    with thousands in flight); the first poll still goes out when the prediction should be done."""
+    emulator.config.latency_s, emulator.config.jitter_s = 1.0, 0.0
+    settings = WaveSpeedSettings(api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.1)
+
+    async def go() -> str:
+        async with WaveSpeedClient(settings) as client:
+            for _ in range(MIN_SAMPLES):
+                client.durations.add(MODEL, 1.1)
+            url = await client.upload(BALL, "ball.png", "image/png")
+            prediction = await client.submit(MODEL, {"image": url})
+            await asyncio.sleep(0.6)  # the caller is late to wait
+            await client.wait(prediction.id, model=MODEL, submitted_at=time.monotonic())
+            return prediction.id
+
+    prediction_id = asyncio.run(go())
+    assert emulator.stats.polls_for(prediction_id) == 1
+    assert emulator.stats.completion_lags()[prediction_id] < 0.4  # 0.7 s if timed from the wait
