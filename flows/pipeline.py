@@ -81,11 +81,16 @@ class RunContext:
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
+    # `concurrency` predictions in flight on WaveSpeed (what account tiers limit): a slot is held
+    # from the submit until the prediction is terminal. Items also prepare, download and publish
+    # outside their slot, so that the account never idles on our I/O; _items bounds all of it.
     _slots: asyncio.Semaphore = field(init=False)
+    _items: asyncio.Semaphore = field(init=False)
     _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._items = asyncio.Semaphore(2 * self.concurrency)
 
     def log_item(self, message: str, *args: object) -> None:
         """Per-item success lines: INFO in small runs; DEBUG in large ones, where a line per item
@@ -204,7 +209,7 @@ async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> Predictio
     holder = await asyncio.to_thread(ctx.claims.try_claim, key)
     if holder is not None:
         raise ClaimedElsewhereError(f"being processed by {holder.describe()}")
-    async with in_flight_slot(ctx.in_flight_limit):
+    async with ctx._slots, in_flight_slot(ctx.in_flight_limit):
         return await _claimed_submit_and_wait(ctx, prepared)
 
 
@@ -275,7 +280,7 @@ def _record_may_be_written(storage: Storage, item_id: str) -> bool:
 
 async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
     item = prepared.item
-    async with ctx._slots:
+    async with ctx._items:
         outcome = ItemOutcome(
             id=item.id,
             row=item.row,

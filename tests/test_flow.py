@@ -310,3 +310,22 @@ def test_manifest_images_and_output_on_fsspec_urls(
     assert len(fs.glob(f"{base}/out/runs/*.json")) == 1
     assert fs.glob(f"{base}/out/**/*.partial") == []
     assert emulator.stats.submits_accepted == 2
+
+
+def test_concurrency_caps_predictions_in_flight(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    """`concurrency` is what WaveSpeed's tiers limit: predictions accepted and not yet terminal.
+    Downloads and publishing happen outside the slots, and must not let more predictions in."""
+    emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 0.3, 0.0, 0
+    copies = []
+    for index in range(8):
+        path = samples / f"copy-{index}.png"
+        path.write_bytes((samples / "red-ball.png").read_bytes() + bytes([index]))
+        copies.append((f"item-{index}", path.name))
+
+    state, _ = run_flow(manifest=str(write_csv(samples, copies)), output=str(tmp_path / "out"), concurrency=2)
+
+    assert state.is_completed(), state.message
+    assert emulator.stats.peak_in_flight == 2, emulator.stats.snapshot()
+    assert emulator.stats.submits_accepted == 8
