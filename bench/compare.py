@@ -786,7 +786,8 @@ def contender_command(
                 "--",
                 *command,
             ]
-        command += ["--", "run", str(manifest), "--output", str(dest), "--concurrency", c]
+        flow_c = str(args.flow_concurrency or args.c)
+        command += ["--", "run", str(manifest), "--output", str(dest), "--concurrency", flow_c]
         home = work / ("ephemeral-home" if name == "flow-ephemeral" else f"{name}-client-home")
         env.update(prefect_base_env(home))
         env.pop("PREFECT_UI_ENABLED", None)
@@ -1152,6 +1153,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "WAVESPEED_POLL_* settings' growing interval only) or 'fixed=SECONDS'",
     )
     parser.add_argument(
+        "--flow-concurrency",
+        type=int,
+        default=None,
+        help="the flow's --concurrency when it should differ from C, the account's (WaveSpeed queues "
+        "submits beyond the account's concurrency; default C)",
+    )
+    parser.add_argument(
         "--flow-env",
         action="append",
         default=[],
@@ -1317,7 +1325,8 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         ),
         f"- Target of this preset: {preset.target}",
         f"- Ideal ceil(N/C)·L = {ideal:g} s; emulator account concurrency {args.c}, no faults, "
-        f"seed {args.seed}",
+        f"seed {args.seed}"
+        + (f"; the flow's --concurrency {args.flow_concurrency}" if args.flow_concurrency else ""),
         f"- Poll policy in tasks.settings (the flow may schedule its polls otherwise: see 'accepted -> "
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "
         f"{describe_policy(args.baseline_policy)}"
