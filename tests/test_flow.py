@@ -25,6 +25,17 @@ def write_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
     return manifest
 
 
+def distinct_images(folder: Path, count: int) -> list[tuple[str, str]]:
+    """Manifest rows ``item-N`` of ``count`` different images (one byte appended after the PNG end
+    is still a PNG): each is its own submit."""
+    data = (folder / "red-ball.png").read_bytes()
+    rows = []
+    for index in range(count):
+        (folder / f"copy-{index}.png").write_bytes(data + bytes([index]))
+        rows.append((f"item-{index}", f"copy-{index}.png"))
+    return rows
+
+
 def assert_landed(output: Path, item_id: str) -> dict:
     """The mesh exists, loads in trimesh with faces, and its metadata describes it."""
     mesh_path = output / item_id / "mesh.glb"
@@ -318,13 +329,9 @@ def test_concurrency_caps_predictions_in_flight(
     """`concurrency` is what WaveSpeed's tiers limit: predictions accepted and not yet terminal.
     Downloads and publishing happen outside the slots, and must not let more predictions in."""
     emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 0.3, 0.0, 0
-    copies = []
-    for index in range(8):
-        path = samples / f"copy-{index}.png"
-        path.write_bytes((samples / "red-ball.png").read_bytes() + bytes([index]))
-        copies.append((f"item-{index}", path.name))
+    manifest = write_csv(samples, distinct_images(samples, 8))
 
-    state, _ = run_flow(manifest=str(write_csv(samples, copies)), output=str(tmp_path / "out"), concurrency=2)
+    state, _ = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), concurrency=2)
 
     assert state.is_completed(), state.message
     assert emulator.stats.peak_in_flight == 2, emulator.stats.snapshot()

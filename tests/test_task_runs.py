@@ -11,7 +11,7 @@ import pytest
 
 from emulator import EmulatorServer
 from tests.conftest import run_flow
-from tests.test_flow import NAMES, assert_landed, write_csv
+from tests.test_flow import NAMES, assert_landed, distinct_images, write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -71,12 +71,7 @@ def test_polls_follow_observed_durations(
     emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 1.0, 0.05, 2
     monkeypatch.setenv("WAVESPEED_POLL_INITIAL_INTERVAL_S", "0.1")
     monkeypatch.setenv("WAVESPEED_POLL_BACKOFF", "1.5")
-    copies = []
-    for index in range(10):  # distinct contents (one byte appended after the PNG end is still a PNG)
-        path = samples / f"copy-{index}.png"
-        path.write_bytes((samples / "red-ball.png").read_bytes() + bytes([index]))
-        copies.append((f"item-{index}", path.name))
-    manifest = write_csv(samples, copies)
+    manifest = write_csv(samples, distinct_images(samples, 10))
 
     state, summary = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), concurrency=2)
 
