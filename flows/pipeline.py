@@ -158,17 +158,10 @@ async def _submit_without_task_run(
     return submitted, False
 
 
-async def _wait(ctx: RunContext, submitted: SubmittedPrediction, submitted_at: float | None) -> Prediction:
+async def _wait(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
     if ctx.task_runs:
-        return await wait(
-            ctx.client, submitted.prediction_id, ctx.wait_timeout_s, submitted.model, submitted_at
-        )
-    return await ctx.client.wait(
-        submitted.prediction_id,
-        timeout_s=ctx.wait_timeout_s,
-        model=submitted.model,
-        submitted_at=submitted_at,
-    )
+        return await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s, submitted.model)
+    return await ctx.client.wait(submitted.prediction_id, timeout_s=ctx.wait_timeout_s, model=submitted.model)
 
 
 async def _from_ledger(
@@ -216,14 +209,12 @@ async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> Predictio
 async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
     warnings: list[str] = []
     submitted = await _from_ledger(ctx, prepared, warnings)
-    submitted_at: float | None = None  # monotonic, when this process made the submit
     if submitted is not None:
         reused = True
     else:
         submitted, reused = await _submit(ctx, prepared, fresh=bool(warnings))
-        submitted_at = None if reused else time.monotonic()
     try:
-        prediction = await _wait(ctx, submitted, submitted_at)
+        prediction = await _wait(ctx, submitted)
     except NotFoundError:
         # Deleted after WaveSpeed's 7-day retention (or made with another account): only a new
         # submit can produce the mesh. It is billed, so it is said in the metadata.
@@ -232,7 +223,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         )
         ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
-        prediction = await _wait(ctx, submitted, time.monotonic())
+        prediction = await _wait(ctx, submitted)
     if prediction.status == "failed" and prediction.code in TRANSIENT_TASK_CODES and ctx.retry_failed:
         warnings.append(
             f"prediction {prediction.id} failed with transient code {prediction.code}; "
@@ -240,7 +231,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         )
         ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
-        prediction = await _wait(ctx, submitted, time.monotonic())
+        prediction = await _wait(ctx, submitted)
     return PredictionResult(submitted, prediction, reused, tuple(warnings))
 
 

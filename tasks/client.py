@@ -176,7 +176,7 @@ class WaveSpeedClient:
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         # When each prediction this client submitted was accepted (monotonic): its polls are
-        # timed from then, not from when the caller got round to waiting (ledger and cache
+        # timed from then, not from when the caller gets round to waiting (ledger and cache
         # writes come in between, and take seconds when thousands of items are in flight).
         self._accepted_at: dict[str, float] = {}
         self._public = httpx.AsyncClient(
@@ -273,27 +273,23 @@ class WaveSpeedClient:
         *,
         timeout_s: float | None = None,
         model: str | None = None,
-        submitted_at: float | None = None,
     ) -> Prediction:
         """Poll until the prediction is terminal or the deadline passes (see :mod:`tasks.polling`).
 
-        ``submitted_at`` is the ``time.monotonic()`` of the submit, when this process made it;
-        when this client made it, the moment its answer arrived is used instead.
+        A prediction this client submitted is polled on a schedule learned per ``model``, timed
+        from the moment its submit was answered; any other (its age unknown, e.g. resumed from an
+        earlier run) on a growing interval.
         Returns the terminal prediction (completed *or* failed); raises
         :class:`PredictionTimeoutError` at the deadline. Unknown statuses mean "keep waiting".
         """
         s = self.settings
         started = time.monotonic()
         accepted_at = self._accepted_at.pop(prediction_id, None)
-        if accepted_at is not None:
-            submitted_at = accepted_at
-        origin = submitted_at if submitted_at is not None else started
         deadline = started + (timeout_s if timeout_s is not None else s.wait_timeout_s)
-        # Durations are learned per model from predictions this process submitted (their age is known).
         schedule = PollSchedule(
             self.durations,
-            model if model and submitted_at is not None else None,
-            origin,
+            model if model and accepted_at is not None else None,
+            accepted_at if accepted_at is not None else started,
             floor=s.poll_initial_interval_s,
             backoff=s.poll_backoff,
             ceiling=s.poll_max_interval_s,

@@ -16,9 +16,8 @@ async def wait(
     prediction_id: str,
     timeout_s: float | None = None,
     model: str | None = None,
-    submitted_at: float | None = None,
 ) -> Prediction:
     """Terminal prediction (completed or failed). Transient poll failures are retried inside the
-    client with backoff and Retry-After; the deadline raises PredictionTimeoutError. ``model`` and
-    ``submitted_at`` (monotonic, when submitted by this process) let polls follow observed durations."""
-    return await client.wait(prediction_id, timeout_s=timeout_s, model=model, submitted_at=submitted_at)
+    client with backoff and Retry-After; the deadline raises PredictionTimeoutError. ``model``
+    lets polls of predictions this client submitted follow observed durations."""
+    return await client.wait(prediction_id, timeout_s=timeout_s, model=model)

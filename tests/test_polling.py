@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
-import time
 
 import pytest
 
@@ -122,14 +121,9 @@ def test_a_cold_first_wave_polls_little_and_notices_completions_soon(emulator: E
     async def go() -> list[str]:
         async with WaveSpeedClient(settings) as client:
             url = await client.upload(BALL, "ball.png", "image/png")
-            submitted = []
-            for _ in range(40):
-                prediction = await client.submit(MODEL, {"image": url})
-                submitted.append((prediction.id, time.monotonic()))
-            await asyncio.gather(
-                *(client.wait(pid, model=MODEL, submitted_at=at, timeout_s=30) for pid, at in submitted)
-            )
-            return [pid for pid, _ in submitted]
+            submitted = [(await client.submit(MODEL, {"image": url})).id for _ in range(40)]
+            await asyncio.gather(*(client.wait(pid, model=MODEL, timeout_s=30) for pid in submitted))
+            return submitted
 
     ids = asyncio.run(go())
     polls = [emulator.stats.polls_for(i) for i in ids]
@@ -152,7 +146,7 @@ def test_polls_are_timed_from_the_moment_the_submit_was_accepted(emulator: Emula
             url = await client.upload(BALL, "ball.png", "image/png")
             prediction = await client.submit(MODEL, {"image": url})
             await asyncio.sleep(0.6)  # the caller is late to wait
-            await client.wait(prediction.id, model=MODEL, submitted_at=time.monotonic())
+            await client.wait(prediction.id, model=MODEL)
             return prediction.id
 
     prediction_id = asyncio.run(go())
