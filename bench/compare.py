@@ -22,7 +22,8 @@ The emulator runs in its own process (``python -m emulator``) and is reset betwe
 (``POST /_emulator/reset``, same seed: the same jitter sequence for everyone). The flow runs as
 ``python bench/compare.py _flow ... -- run ...``, which calls ``hy3d.cli.main`` exactly as the
 ``hy3d`` console script does, after hooking Prefect to count the task and flow runs it creates.
-``--profile`` runs it under py-spy (every thread; found on PATH, in the venv or in /tmp/pyspy:
+``--profile`` runs it under py-spy (``--gil``: the stack of whichever thread holds the GIL, i.e.
+where the process's one core of Python goes; found on PATH, in the venv or in /tmp/pyspy:
 ``python3 -m pip install --target /tmp/pyspy py-spy``), else under pyinstrument (main thread only);
 the files go to bench/profiles/ (git-ignored by a .gitignore the bench writes there), the summary
 to RESULTS.md.
@@ -449,6 +450,7 @@ class Measured:
     returncode: int | None
     wall_s: float
     cpu_s: float
+    system_cpu_s: float  # the kernel's share of cpu_s (system calls: sockets, files)
     maxrss_mb: float
     group_peak_rss_mb: float
     emulator_cpu_s: float
@@ -552,6 +554,7 @@ def run_contender(
         returncode=group.proc.returncode,
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
+        system_cpu_s=usage.ru_stime,
         maxrss_mb=usage.ru_maxrss / 1024,
         group_peak_rss_mb=peak_rss,
         emulator_cpu_s=emulator.cpu_s() - emulator_cpu0,
@@ -777,6 +780,9 @@ def contender_command(
                 args.pyspy,
                 "record",
                 "--nonblocking",
+                # Only the thread holding the GIL: a thread waiting for it (the to_thread pool, while
+                # the event loop runs) would otherwise count as busy and hide where the CPU goes.
+                "--gil",
                 "-r",
                 "100",
                 "-f",
@@ -951,7 +957,7 @@ def details(results: list[Measured], args: argparse.Namespace, server: PrefectSe
     lines = []
     for r in results:
         extra = [
-            f"CPU {r.cpu_s:.1f} s",
+            f"CPU {r.cpu_s:.1f} s ({r.system_cpu_s:.1f} s of it in the kernel)",
             f"emulator CPU {r.emulator_cpu_s:.1f} s",
             f"peak in flight {r.stats.get('peak_in_flight')}",
             f"uploads {r.stats.get('uploads')}",
@@ -1039,7 +1045,7 @@ def _without_line(frame: str) -> str:
 
 def pyspy_summary(raw: Path) -> dict[str, Any]:
     """Collapsed stacks (root first, ``frame (file:line)`` separated by ``;``, then a count) of CPU
-    samples of every thread: self samples by package and function, and the share of samples with
+    samples of the thread holding the GIL: self samples by package and function, and the share of samples with
     each package anywhere on the stack."""
     self_pkg: Counter[str] = Counter()
     self_fn: Counter[str] = Counter()
@@ -1081,8 +1087,8 @@ def pyspy_lines(name: str, profile: dict[str, Any]) -> list[str]:
         return [f"| `{k}` | {v} | {100 * v / total:.1f} % |" for k, v in pairs]
 
     return [
-        f"Profile of `{name}` (py-spy, every thread, 100 samples/s of the stacks of threads that were "
-        f"not idle — running or waiting for the GIL — {total} samples ~ {total / 100:.0f} thread-seconds; "
+        f"Profile of `{name}` (py-spy `--gil`, 100 samples/s of the stack of the thread holding the GIL "
+        f"— {total} samples ~ {total / 100:.0f} s of Python; "
         f"shares below are of these samples): raw collapsed stacks in "
         f"`{Path(profile['raw']).relative_to(ROOT)}` (not committed).",
         "",
