@@ -21,6 +21,7 @@ from pydantic import Field
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
+from flows.gctuning import fewer_gc_passes
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.parameters import (
     ConcurrencyParam,
@@ -375,7 +376,8 @@ async def generate_meshes(
             return outcome
 
         try:
-            outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
+            with fewer_gc_passes():
+                outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
         finally:
             await asyncio.to_thread(ctx.claims.release_all)
 

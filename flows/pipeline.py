@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from prefect import Task
+from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 
 from flows.gallery import write_preview
@@ -43,6 +46,8 @@ from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
 from tasks.wait import wait
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ async def _submit(
         submitted, cached = await _submit_without_task_run(ctx, prepared, fresh=fresh)
     if cached:
         # Paid for elsewhere (another output, same result storage): note it in this output's ledger too.
-        await asyncio.to_thread(
+        await ctx.storage.small_io(
             ctx.ledger.record_submitted,
             submitted.content_key,
             submitted.prediction_id,
@@ -137,25 +142,40 @@ async def _submit_without_task_run(
 ) -> tuple[SubmittedPrediction, bool]:
     """The submit task's body and its cache records, without a task run: the same records in the
     same result storage, so both modes share the never-pay-twice guarantee."""
-    assert ctx.result_store is not None
+    store = ctx.result_store
+    assert store is not None
     key = prepared.request.content_key
     if not fresh:
         try:
-            if await ctx.result_store.aexists(key):
-                record = await ctx.result_store.aread(key)
-                return SubmittedPrediction.model_validate(record.result), True
+            cached = await _result_io(store, _cached_submission, store, key)
         except Exception as exc:  # an unreadable record is a cache miss, as it is for the task
             ctx.logger.warning("%s: submit cache record unreadable (%s); submitting", prepared.item.id, exc)
+        else:
+            if cached is not None:
+                return cached, True
     submitted = await submit_prediction(
         ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle
     )
+    expiration = cast(Any, datetime.now(UTC) + RETENTION)
     try:
-        await ctx.result_store.awrite(
-            obj=submitted, key=key, expiration=cast(Any, datetime.now(UTC) + RETENTION)
-        )
+        await _result_io(store, partial(store.write, obj=submitted, key=key, expiration=expiration))
     except Exception as exc:  # the ledger still has it; only other outputs lose the shortcut
         ctx.logger.warning("%s: could not write the submit cache record: %s", prepared.item.id, exc)
     return submitted, False
+
+
+def _cached_submission(store: ResultStore, key: str) -> SubmittedPrediction | None:
+    if not store.exists(key):
+        return None
+    return SubmittedPrediction.model_validate(store.read(key).result)
+
+
+async def _result_io(store: ResultStore, call: Callable[..., T], *args: Any) -> T:
+    """Result storage calls: on the event loop when it is a local folder (small files; see
+    Storage.small_io), else in a worker thread."""
+    if isinstance(store.result_storage, LocalFileSystem):
+        return call(*args)
+    return await asyncio.to_thread(call, *args)
 
 
 async def _wait(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
@@ -168,7 +188,7 @@ async def _from_ledger(
     ctx: RunContext, prepared: PreparedItem, warnings: list[str]
 ) -> SubmittedPrediction | None:
     """The prediction an earlier run paid for, if it can still be polled; None means submit."""
-    entry = await asyncio.to_thread(ctx.ledger.read, prepared.request.content_key)
+    entry = await ctx.storage.small_io(ctx.ledger.read, prepared.request.content_key)
     if entry is None:
         return None
     if entry.state in ("unknown", "submitting"):
@@ -199,11 +219,16 @@ async def _from_ledger(
 
 async def _submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
     key = prepared.request.content_key
-    holder = await asyncio.to_thread(ctx.claims.try_claim, key)
+    holder = await ctx.storage.small_io(ctx.claims.try_claim, key)
     if holder is not None:
         raise ClaimedElsewhereError(f"being processed by {holder.describe()}")
     async with ctx._slots, in_flight_slot(ctx.in_flight_limit):
-        return await _claimed_submit_and_wait(ctx, prepared)
+        try:
+            return await _claimed_submit_and_wait(ctx, prepared)
+        except AuthenticationError as exc:
+            # Stop before the slot passes to the next item: it must not send with a rejected key.
+            ctx.stop(str(exc))
+            raise
 
 
 async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
@@ -284,7 +309,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             return outcome
 
         started, started_at = time.monotonic(), utc_now()
-        existing = await asyncio.to_thread(already_done, ctx.storage, prepared)
+        existing = await ctx.storage.small_io(already_done, ctx.storage, prepared)
         if existing is not None:
             outcome.status = ItemStatus.already_done
             outcome.prediction_id = (existing.get("prediction") or {}).get("id")
@@ -335,8 +360,10 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
 
         document = _metadata(ctx, prepared, outcome, result, mesh, started_at)
         try:
-            if outcome.status.landed or await asyncio.to_thread(_record_may_be_written, ctx.storage, item.id):
-                await asyncio.to_thread(ctx.storage.write_json, document, item.id, METADATA_FILE)
+            if outcome.status.landed or await ctx.storage.small_io(
+                _record_may_be_written, ctx.storage, item.id
+            ):
+                await ctx.storage.small_io(ctx.storage.write_json, document, item.id, METADATA_FILE)
         except OSError as exc:
             outcome.status = ItemStatus.error
             outcome.error = f"could not write metadata: {type(exc).__name__}: {exc}"

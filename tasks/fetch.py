@@ -53,19 +53,33 @@ def extra_name(index: int, url: str) -> str:
     return f"output-{index}{safe}"
 
 
+def _verify_and_publish(
+    storage: Storage, staged: str, parts: tuple[str, ...], *, mesh: bool
+) -> MeshStats | None:
+    """One worker-thread hop for everything blocking after the download (thousands of items a run
+    make each hop count): check the mesh, then publish; the staged file is consumed either way."""
+    try:
+        stats = inspect_glb(staged) if mesh else None
+    except BaseException:
+        discard(staged)
+        raise
+    storage.publish(staged, *parts)
+    return stats
+
+
 async def _download_and_publish(
     client: WaveSpeedClient, url: str, storage: Storage, parts: tuple[str, ...], *, mesh: bool
 ) -> tuple[DownloadedFile, MeshStats | None]:
     async def attempt() -> tuple[DownloadedFile, MeshStats | None]:
-        staged = await asyncio.to_thread(storage.staging_file, *parts)
+        staged = await storage.small_io(storage.staging_file, *parts)
         try:
             downloaded = await download_to_file(
                 client, url, staged, max_bytes=client.settings.max_output_bytes
             )
-            stats = await asyncio.to_thread(inspect_glb, staged) if mesh else None
-            await asyncio.to_thread(storage.publish, staged, *parts)
-        finally:
+        except BaseException:
             await asyncio.to_thread(discard, staged)
+            raise
+        stats = await asyncio.to_thread(_verify_and_publish, storage, staged, parts, mesh=mesh)
         return downloaded, stats
 
     return await retry_async(

@@ -66,7 +66,9 @@ def inspect_glb(path: str) -> MeshStats:
 
 def _parse_with_trimesh(path: str) -> MeshStats:
     try:
-        scene = trimesh.load(path, file_type="glb", force="scene")
+        # process=False: the statistics of the file as delivered (no vertex merging), at a third
+        # of the CPU.
+        scene = trimesh.load(path, file_type="glb", force="scene", process=False)
     except Exception as exc:  # trimesh raises many types for corrupt input
         raise IncompleteDownloadError(f"trimesh cannot read the GLB: {type(exc).__name__}: {exc}") from exc
     if not isinstance(scene, trimesh.Scene):

@@ -5,20 +5,23 @@ that from ``os.replace`` of a staging file in the same folder. Object stores (S3
 no rename, but an object only becomes visible once its upload completes, so the staged local file
 is uploaded straight to its final key.
 
-Every method here is blocking I/O; async callers run them with ``asyncio.to_thread``.
+Every method here is blocking I/O; async callers run them with ``asyncio.to_thread``, or, for a few
+small files, with :meth:`Storage.small_io`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -27,6 +30,17 @@ from fsspec import AbstractFileSystem
 STATE_FOLDER = ".hy3d"
 STAGING_FOLDER = "staging"
 STALE_STAGING_S = 24 * 3600.0
+P = ParamSpec("P")
+T = TypeVar("T")
+_HOST = socket.gethostname()
+# Staging names: a random prefix per process and a counter (uuid4 reads the OS's random source
+# every call, and a run names tens of thousands of staging files).
+_TOKEN_PREFIX = uuid.uuid4().hex[:12]
+_TOKEN_COUNTER = itertools.count()
+
+
+def _unique_token() -> str:
+    return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}"
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -46,10 +60,22 @@ class Storage:
         self.fs: AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or root
         self.is_local = _is_local(fs)
+        self._folders_made: set[str] = set()  # local folders this object has created
 
     def __repr__(self) -> str:
         # storage_options may hold credentials: never show them.
         return f"Storage({self.root_url!r})"
+
+    async def small_io(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``call``, a few operations on small files of this storage (JSON state, a stat).
+
+        On an object store that is network I/O: a worker thread. On a local file system it runs
+        right here on the event loop: its system calls take tens of microseconds, less than the
+        hand-off to a worker thread and back (two thread wake-ups and two GIL transfers), which at
+        thousands of items in flight cost a fifth of a run's CPU (perf: futex wake-ups)."""
+        if self.is_local:
+            return call(*args, **kwargs)
+        return await asyncio.to_thread(call, *args, **kwargs)
 
     def path(self, *parts: str) -> str:
         """The file system path (no protocol) of ``parts`` under the root."""
@@ -106,10 +132,10 @@ class Storage:
             # Same file system as the destination, so publishing is an atomic rename; named after
             # the writing process so a later run can sweep what a killed one left.
             folder = self.path(STATE_FOLDER, STAGING_FOLDER)
-            os.makedirs(folder, exist_ok=True)
-            return os.path.join(
-                folder, f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}_{name}.partial"
-            )
+            if folder not in self._folders_made:
+                os.makedirs(folder, exist_ok=True)
+                self._folders_made.add(folder)
+            return os.path.join(folder, f"{_HOST}_{os.getpid()}_{_unique_token()}_{name}.partial")
         handle, path = tempfile.mkstemp(prefix="hy3d-", suffix=f"-{name}.partial")
         os.close(handle)
         return path
@@ -144,24 +170,34 @@ class Storage:
         final = self.path(*parts)
         try:
             if self.is_local:
-                os.makedirs(self.path(*parts[:-1]), exist_ok=True)
-                os.replace(staged, final)
-            else:
-                self.fs.makedirs(self.path(*parts[:-1]), exist_ok=True)
-                self.fs.put_file(staged, final)
-        finally:
+                try:
+                    os.replace(staged, final)
+                except FileNotFoundError:
+                    if not os.path.exists(staged):
+                        raise
+                    # The item's folder does not exist yet: only then is it created (at thousands
+                    # of files a run, a makedirs before every rename is a cost worth skipping).
+                    os.makedirs(self.path(*parts[:-1]), exist_ok=True)
+                    os.replace(staged, final)
+                return  # renamed: nothing left to discard
+            self.fs.makedirs(self.path(*parts[:-1]), exist_ok=True)
+            self.fs.put_file(staged, final)
+        except BaseException:
             discard(staged)
+            raise
+        discard(staged)
 
     def write_json(self, data: Any, *parts: str) -> None:
         """Write JSON atomically (staged, then published)."""
+        text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
         staged = self.staging_file(*parts)
         try:
             with open(staged, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, sort_keys=False, ensure_ascii=False)
-                handle.write("\n")
-            self.publish(staged, *parts)
-        finally:
+                handle.write(text)
+        except BaseException:
             discard(staged)
+            raise
+        self.publish(staged, *parts)
 
 
 class UnsafePathError(ValueError):

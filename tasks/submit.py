@@ -108,9 +108,9 @@ async def upload_images(
     return urls
 
 
-async def _record(write: Callable[..., object], *args: Any) -> None:
+async def _record(ledger: PredictionLedger, write: Callable[..., object], *args: Any) -> None:
     try:
-        await asyncio.to_thread(write, *args)
+        await ledger.storage.small_io(write, *args)
     except Exception as exc:  # the storage failing must not lose the prediction id we hold
         logger.error("could not record the submit in the output's ledger: %s: %s", type(exc).__name__, exc)
 
@@ -130,14 +130,21 @@ async def submit_prediction(
     if ledger is not None:
         # Write-ahead: if we die with the request in flight, the next run knows it may be billed.
         # Failing to record means not submitting: better unpaid than untracked.
-        await asyncio.to_thread(ledger.record_intent, request.content_key, request.model, request.api_root)
+        await ledger.storage.small_io(
+            ledger.record_intent, request.content_key, request.model, request.api_root
+        )
     try:
         prediction = await client.submit(request.model, inputs)
     except SubmitOutcomeUnknownError as exc:
         if ledger is not None:
             # So that a re-run does not resend it blindly either.
             await _record(
-                ledger.record_unknown, request.content_key, request.model, request.api_root, exc.reason
+                ledger,
+                ledger.record_unknown,
+                request.content_key,
+                request.model,
+                request.api_root,
+                exc.reason,
             )
         raise
     except WaveSpeedError:
@@ -146,11 +153,12 @@ async def submit_prediction(
         if ledger is not None:
             # Every other client error means refused or never sent: certainly not billed. (A
             # cancellation leaves the intent in place: the request may have gone out.)
-            await _record(ledger.forget, request.content_key)
+            await _record(ledger, ledger.forget, request.content_key)
         raise
     if ledger is not None:
         # Paid for: remember it next to the output before anything else can go wrong.
         await _record(
+            ledger,
             ledger.record_submitted,
             request.content_key,
             prediction.id,
