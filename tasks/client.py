@@ -48,6 +48,7 @@ from tasks.settings import WaveSpeedSettings
 
 logger = logging.getLogger("hy3d.client")
 
+SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see __init__)
 ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -151,28 +152,39 @@ class WaveSpeedClient:
         # Concurrency is bounded by the flow (and the account); httpx's default pool of 100 would
         # make items beyond it wait for a connection (PoolTimeout) at higher tiers.
         # Idle connections are dropped after 4 s, before servers commonly drop them (uvicorn 5 s,
-        # load balancers 60 s): a submit sent on a connection the server is closing at that moment
-        # fails without an answer, and an unanswered submit cannot be retried (it may be billed).
+        # load balancers 60 s): a request sent on a connection the server is closing at that
+        # moment fails without an answer.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
+        # Submits are stricter: an unanswered submit cannot be retried (it may be billed). An
+        # overloaded server runs its keep-alive timer late, after requests that arrived before it
+        # (seen on the emulator at 1500 in flight: one submit in 5000 lost that way at 4 s), so a
+        # submit only reuses a connection idle for under a second.
+        submit_limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=256, keepalive_expiry=SUBMIT_KEEPALIVE_S
+        )
 
         # One TLS context for every pool (each costs ~20 ms of CPU to make), made on first use.
         shared_tls = functools.cache(httpx.create_ssl_context)
 
-        def pools() -> httpx.AsyncBaseTransport:
+        def pools(lane_limits: httpx.Limits = limits) -> httpx.AsyncBaseTransport:
             # Several small pools: one big pool costs CPU per request in proportion to its
             # connections (see tasks.lanes).
             if transport is not None:
                 return transport
-            return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=limits))
+            return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=lane_limits))
 
-        self._api = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
-            timeout=timeout,
-            limits=limits,  # for proxy transports from the environment; ours are the lanes
-            transport=pools(),
-            follow_redirects=False,
-        )
+        def api_client(api_limits: httpx.Limits) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=self.base_url,
+                headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
+                timeout=timeout,
+                limits=api_limits,  # for proxy transports from the environment; ours are the lanes
+                transport=pools(api_limits),
+                follow_redirects=False,
+            )
+
+        self._api = api_client(limits)
+        self._submits = api_client(submit_limits)
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         # When each prediction this client submitted was accepted (monotonic): its polls are
@@ -196,6 +208,7 @@ class WaveSpeedClient:
 
     async def aclose(self) -> None:
         await self._api.aclose()
+        await self._submits.aclose()
         await self._public.aclose()
 
     # -- transport ---------------------------------------------------------------------------
@@ -235,7 +248,8 @@ class WaveSpeedClient:
         path = f"/api/v3/{model.strip('/')}"
 
         async def attempt() -> dict[str, Any]:
-            return await self._call(self._api.build_request("POST", path, json=dict(inputs)))
+            request = self._submits.build_request("POST", path, json=dict(inputs))
+            return decode_envelope(await self._send(self._submits, request))
 
         try:
             data = await retry_async(

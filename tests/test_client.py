@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import threading
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
 from emulator import EmulatorServer
-from tasks.client import WaveSpeedClient
+from tasks.client import SUBMIT_KEEPALIVE_S, WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
     BadRequestError,
@@ -67,7 +71,13 @@ def test_wait_polls_with_a_growing_interval(emulator: EmulatorServer) -> None:
 
     async def go() -> int:
         settings = WaveSpeedSettings(
-            api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.1, poll_backoff=2.0
+            api_key=emulator.api_key,
+            base_url=emulator.url,
+            poll_initial_interval_s=0.1,
+            poll_backoff=2.0,
+            # The suite's environment caps intervals at 0.3 s; uncapped, the test does not sit on
+            # the edge of a poll landing exactly at the 1.5 s completion (6 or 7 polls).
+            poll_max_interval_s=15.0,
         )
         async with WaveSpeedClient(settings) as client:
             url = await client.upload(BALL, "ball.png", "image/png")
@@ -281,3 +291,63 @@ def test_outputs_are_fetched_only_over_http_and_within_the_size_cap(
             assert done.size == target.stat().st_size > 1000
 
     asyncio.run(go())
+
+
+class _ConnectionRecorder(http.server.BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1 answering every request with a created prediction; records, per request,
+    the client port (one per TCP connection)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, int]]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        type(self).seen.append((self.command, self.client_address[1]))
+        body = json.dumps(
+            {"code": 200, "message": "success", "data": {"id": "a" * 32, "status": "created"}}
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_submit_never_reuses_a_connection_idle_for_a_second() -> None:
+    """A server closing an idle connection can drop a request that raced it unanswered, and an
+    unanswered submit cannot be resent: submits only reuse connections idle for < 1 s; polls keep
+    the longer keep-alive."""
+    _ConnectionRecorder.seen = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ConnectionRecorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    async def main() -> None:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        async with WaveSpeedClient(api_key="wsk-test", base_url=base) as client:
+            await client.submit("wavespeed-ai/hunyuan3d/v2-mini", {"image": "https://x/a.png"})
+            await client.submit("wavespeed-ai/hunyuan3d/v2-mini", {"image": "https://x/b.png"})
+            await asyncio.sleep(SUBMIT_KEEPALIVE_S + 0.3)
+            await client.submit("wavespeed-ai/hunyuan3d/v2-mini", {"image": "https://x/c.png"})
+            await client.get_prediction("a" * 32)
+            await asyncio.sleep(SUBMIT_KEEPALIVE_S + 0.3)
+            await client.get_prediction("a" * 32)
+
+    try:
+        asyncio.run(main())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    submits = [port for method, port in _ConnectionRecorder.seen if method == "POST"]
+    polls = [port for method, port in _ConnectionRecorder.seen if method == "GET"]
+    assert len(submits) == 3 and len(polls) == 2
+    assert submits[0] == submits[1]  # back to back: the connection is reused
+    assert submits[2] != submits[1]  # idle past the limit: a new connection
+    assert polls[0] == polls[1]  # polls may reuse a connection idle for longer (safe to resend)
