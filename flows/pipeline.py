@@ -43,7 +43,7 @@ from tasks.images import ImageInfo
 from tasks.ledger import RETENTION, PredictionLedger
 from tasks.limits import BudgetExceededError, SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
-from tasks.storage import Storage
+from tasks.storage import Storage, small_io
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
 from tasks.wait import wait
 
@@ -171,11 +171,8 @@ def _cached_submission(store: ResultStore, key: str) -> SubmittedPrediction | No
 
 
 async def _result_io(store: ResultStore, call: Callable[..., T], *args: Any) -> T:
-    """Result storage calls: on the event loop when it is a local folder (small files; see
-    Storage.small_io), else in a worker thread."""
-    if isinstance(store.result_storage, LocalFileSystem):
-        return call(*args)
-    return await asyncio.to_thread(call, *args)
+    """Result storage calls, placed like the output's small files (a local folder or not)."""
+    return await small_io(isinstance(store.result_storage, LocalFileSystem), call, *args)
 
 
 async def _wait(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:

@@ -43,6 +43,18 @@ def _unique_token() -> str:
     return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}"
 
 
+async def small_io(local: bool, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``call``, a few operations on small files, where it costs least.
+
+    On an object store that is network I/O: a worker thread. On a local file system it runs right
+    here on the event loop: its system calls take tens of microseconds, less than the hand-off to a
+    worker thread and back (two thread wake-ups and two GIL transfers), which at thousands of items
+    in flight cost about a fifth of a run's CPU (perf: futex wake-ups)."""
+    if local:
+        return call(*args, **kwargs)
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
 def _is_local(fs: AbstractFileSystem) -> bool:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return bool({"file", "local"} & set(protocols))
@@ -60,22 +72,16 @@ class Storage:
         self.fs: AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or root
         self.is_local = _is_local(fs)
-        self._folders_made: set[str] = set()  # local folders this object has created
+        self._staging_made = False  # the local staging folder exists (made once per object)
 
     def __repr__(self) -> str:
         # storage_options may hold credentials: never show them.
         return f"Storage({self.root_url!r})"
 
     async def small_io(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``call``, a few operations on small files of this storage (JSON state, a stat).
-
-        On an object store that is network I/O: a worker thread. On a local file system it runs
-        right here on the event loop: its system calls take tens of microseconds, less than the
-        hand-off to a worker thread and back (two thread wake-ups and two GIL transfers), which at
-        thousands of items in flight cost a fifth of a run's CPU (perf: futex wake-ups)."""
-        if self.is_local:
-            return call(*args, **kwargs)
-        return await asyncio.to_thread(call, *args, **kwargs)
+        """Run ``call``, a few operations on small files of this storage (JSON state, a stat):
+        see :func:`small_io`."""
+        return await small_io(self.is_local, call, *args, **kwargs)
 
     def path(self, *parts: str) -> str:
         """The file system path (no protocol) of ``parts`` under the root."""
@@ -132,9 +138,9 @@ class Storage:
             # Same file system as the destination, so publishing is an atomic rename; named after
             # the writing process so a later run can sweep what a killed one left.
             folder = self.path(STATE_FOLDER, STAGING_FOLDER)
-            if folder not in self._folders_made:
+            if not self._staging_made:
                 os.makedirs(folder, exist_ok=True)
-                self._folders_made.add(folder)
+                self._staging_made = True
             return os.path.join(folder, f"{_HOST}_{os.getpid()}_{_unique_token()}_{name}.partial")
         handle, path = tempfile.mkstemp(prefix="hy3d-", suffix=f"-{name}.partial")
         os.close(handle)
