@@ -225,8 +225,9 @@ class WaveSpeedClient:
                 f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _call(self, request: httpx.Request) -> dict[str, Any]:
-        return decode_envelope(await self._send(self._api, request))
+    async def _call(self, request: httpx.Request, via: httpx.AsyncClient | None = None) -> dict[str, Any]:
+        """Send ``request`` on ``via`` (default: the API client) and unwrap the envelope."""
+        return decode_envelope(await self._send(via or self._api, request))
 
     async def _call_with_retries(
         self, build: Any, what: str, deadline: float | None = None
@@ -248,8 +249,9 @@ class WaveSpeedClient:
         path = f"/api/v3/{model.strip('/')}"
 
         async def attempt() -> dict[str, Any]:
-            request = self._submits.build_request("POST", path, json=dict(inputs))
-            return decode_envelope(await self._send(self._submits, request))
+            return await self._call(
+                self._submits.build_request("POST", path, json=dict(inputs)), via=self._submits
+            )
 
         try:
             data = await retry_async(
