@@ -50,11 +50,35 @@ def _no_retry_waits() -> Iterator[None]:
     retrying.set_testing(False)
 
 
+# Every emulator URL this session has handed out (see unused_url_emulator).
+_EMULATOR_URLS: set[str] = set()
+
+
+def unused_url_emulator(config: EmulatorConfig) -> EmulatorServer:
+    """A started emulator on a port no earlier emulator of this session had.
+
+    Submit cache records (shared by the session's tests, as by separate machines) are keyed by
+    content *and API root*: on a reused port, an earlier test's predictions would look paid for
+    (seen once: a max-cost test found both of its items "already paid"). Ports the OS hands out
+    again are held until a new one comes, then released."""
+    reused: list[EmulatorServer] = []
+    try:
+        while True:
+            server = EmulatorServer(config).start()
+            if server.url not in _EMULATOR_URLS:
+                _EMULATOR_URLS.add(server.url)
+                return server
+            reused.append(server)
+    finally:
+        for server in reused:
+            server.stop()
+
+
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
     """A fresh emulator (fresh counts) with short latency; the client's env points at it."""
     config = EmulatorConfig(latency_s=0.2, jitter_s=0.05, seed=7)
-    with EmulatorServer(config) as server:
+    with unused_url_emulator(config) as server:
         for name, value in client_env(server).items():
             monkeypatch.setenv(name, value)
         yield server
