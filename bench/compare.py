@@ -794,6 +794,8 @@ def contender_command(
             ]
         flow_c = str(args.flow_concurrency or args.c)
         command += ["--", "run", str(manifest), "--output", str(dest), "--concurrency", flow_c]
+        if args.flow_queue_headroom is not None:
+            command += ["--queue-headroom", str(args.flow_queue_headroom)]
         home = work / ("ephemeral-home" if name == "flow-ephemeral" else f"{name}-client-home")
         env.update(prefect_base_env(home))
         env.pop("PREFECT_UI_ENABLED", None)
@@ -1166,6 +1168,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "submits beyond the account's concurrency; default C)",
     )
     parser.add_argument(
+        "--flow-queue-headroom",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the flow's --queue-headroom (predictions queued beyond its concurrency; default: the "
+        "flow's own, half of it). 0 keeps exactly C in flight, like the baseline and the SDK",
+    )
+    parser.add_argument(
         "--flow-env",
         action="append",
         default=[],
@@ -1332,7 +1342,12 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         f"- Target of this preset: {preset.target}",
         f"- Ideal ceil(N/C)·L = {ideal:g} s; emulator account concurrency {args.c}, no faults, "
         f"seed {args.seed}"
-        + (f"; the flow's --concurrency {args.flow_concurrency}" if args.flow_concurrency else ""),
+        + (f"; the flow's --concurrency {args.flow_concurrency}" if args.flow_concurrency else "")
+        + (
+            f"; the flow's --queue-headroom {args.flow_queue_headroom}"
+            if args.flow_queue_headroom is not None
+            else "; the flow's queue headroom: its default (half of its concurrency)"
+        ),
         f"- Poll policy in tasks.settings (the flow may schedule its polls otherwise: see 'accepted -> "
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "
         f"{describe_policy(args.baseline_policy)}"

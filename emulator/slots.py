@@ -8,15 +8,17 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 _RECHECK_S = 0.05
-"""Waiters re-read the limit this often, so a limit raised from another thread takes effect."""
+"""While tasks wait, the limit is re-read this often, so a limit raised from another thread takes
+effect. One timer for the whole queue: with a timer (or a shared wake-up) per waiter, a queue of
+hundreds cost the emulator's event loop more than the predictions themselves."""
 
 
 class SlotPool:
     def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
         self._active = 0
-        self._queue: deque[object] = deque()
-        self._wake = asyncio.Event()
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> int:
@@ -26,30 +28,47 @@ class SlotPool:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def _my_turn(self, token: object) -> bool:
+    def _fits(self) -> bool:
         limit = self._limit()
-        return self._queue[0] is token and (limit <= 0 or self._active < limit)
+        return limit <= 0 or self._active < limit
+
+    def _grant(self) -> None:
+        """Hand free slots to the longest waiting, in order."""
+        while self._queue and self._fits():
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._active += 1
+
+    async def _watch_limit(self) -> None:
+        while self._queue:
+            await asyncio.sleep(_RECHECK_S)
+            self._grant()
+        self._watcher = None
+
+    def _release(self) -> None:
+        self._active -= 1
+        self._grant()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait (first come, first served) for a free slot and hold it for the block.
         A limit <= 0 means unlimited."""
-        token = object()
-        self._queue.append(token)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        self._grant()
+        if not waiter.done() and self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch_limit())
         try:
-            while not self._my_turn(token):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _RECHECK_S)
+            await waiter
         except BaseException:
-            self._queue.remove(token)
-            self._wake.set()
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted, but the task was cancelled before it could use it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
             raise
-        self._queue.popleft()
-        self._active += 1
-        self._wake.set()  # the next in line may fit as well
         try:
             yield
         finally:
-            self._active -= 1
-            self._wake.set()
+            self._release()

@@ -27,6 +27,7 @@ from flows.parameters import (
     ConcurrencyParam,
     InputsParam,
     ModelParam,
+    QueueHeadroomParam,
     ResubmitUnknownParam,
     StorageOptionsParam,
     SubmitsPerMinuteParam,
@@ -40,7 +41,13 @@ from tasks.client import WaveSpeedClient
 from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
 from tasks.errors import AuthenticationError
 from tasks.ledger import PredictionLedger
-from tasks.limits import Budget, BudgetExceededError, SubmitThrottle, ensure_global_limit
+from tasks.limits import (
+    Budget,
+    BudgetExceededError,
+    SubmitThrottle,
+    ensure_global_limit,
+    queue_headroom_for,
+)
 from tasks.models import ModelSpec, UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
@@ -97,13 +104,13 @@ async def _submit_task(cache_storage_block: str | None) -> Task[..., Any]:
 
 
 async def _ensure_limits(
-    concurrency_limit_name: str | None, concurrency: int, rate_limit_name: str | None, per_minute: int | None
+    concurrency_limit_name: str | None, in_flight: int, rate_limit_name: str | None, per_minute: int | None
 ) -> None:
     if rate_limit_name and not per_minute:
         raise ConfigurationError("rate_limit_name needs submits_per_minute (the rate to enforce)")
     try:
         if concurrency_limit_name:
-            await ensure_global_limit(concurrency_limit_name, concurrency)
+            await ensure_global_limit(concurrency_limit_name, in_flight)
         if rate_limit_name and per_minute:
             await ensure_global_limit(rate_limit_name, per_minute, per_minute=per_minute)
     except Exception as exc:  # the server refusing (bad name...) is a configuration problem
@@ -145,8 +152,13 @@ async def generate_meshes(
     ],
     model: ModelParam = DEFAULT_MODEL,
     concurrency: Annotated[
-        ConcurrencyParam, Field(description="Predictions in flight (WaveSpeed Bronze tier allows 2).")
+        ConcurrencyParam,
+        Field(
+            description="Predictions WaveSpeed processes at once for this run: your account's concurrent "
+            "task limit (Bronze 2, Silver 300, Gold 3000)."
+        ),
     ] = 2,
+    queue_headroom: QueueHeadroomParam = None,
     storage_options: StorageOptionsParam = None,
     inputs: InputsParam = None,
     wait_timeout_s: Annotated[
@@ -170,8 +182,9 @@ async def generate_meshes(
     concurrency_limit_name: Annotated[
         str | None,
         Field(
-            description="Prefect global concurrency limit capping predictions in flight across all runs "
-            "(created with `concurrency` slots if missing). Default: this run's own limit only."
+            description="Prefect global concurrency limit capping predictions in flight (queued ones "
+            "included) across all runs (created with `concurrency` + headroom slots if missing). Default: "
+            "this run's own limit only."
         ),
     ] = None,
     rate_limit_name: Annotated[
@@ -228,7 +241,12 @@ async def generate_meshes(
             line), a folder, or a glob such as s3://bucket/photos/*.png.
         output: Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://).
         model: WaveSpeed Hunyuan3D model id.
-        concurrency: Predictions in flight (WaveSpeed Bronze tier allows 2).
+        concurrency: Predictions WaveSpeed processes at once for this run: your account's concurrent
+            task limit (Bronze 2, Silver 300, Gold 3000).
+        queue_headroom: Predictions submitted beyond `concurrency`, queued by WaveSpeed until a slot
+            frees, so the account never idles while a finished one is downloaded and replaced (each is
+            billed at its submit like any other). Default: half of `concurrency`; 0: never more than
+            `concurrency`.
         storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
         inputs: Extra model inputs applied to every item.
         wait_timeout_s: Deadline per prediction in seconds; default from settings (900 s).
@@ -236,8 +254,8 @@ async def generate_meshes(
         resubmit_unknown: Submit again items whose earlier submit may have been accepted. May bill twice.
         credentials_block: Name of a saved WaveSpeed Credentials block; default: WAVESPEED_* settings.
         submits_per_minute: Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap.
-        concurrency_limit_name: Prefect global concurrency limit capping predictions in flight across all
-            runs (created with `concurrency` slots if missing).
+        concurrency_limit_name: Prefect global concurrency limit capping predictions in flight (queued
+            ones included) across all runs (created with `concurrency` + headroom slots if missing).
         rate_limit_name: Prefect global concurrency limit used as a shared submits-per-minute rate limit
             (created from `submits_per_minute` if missing).
         task_runs: per-step: submit, wait and fetch are Prefect task runs (visible in the UI, ~5 ms
@@ -281,7 +299,8 @@ async def generate_meshes(
             )
         storage = await asyncio.to_thread(_writable_storage, output, options)
         submit_task = await _submit_task(cache_storage_block)
-        await _ensure_limits(concurrency_limit_name, concurrency, rate_limit_name, submits_per_minute)
+        in_flight = concurrency + queue_headroom_for(concurrency, queue_headroom)
+        await _ensure_limits(concurrency_limit_name, in_flight, rate_limit_name, submits_per_minute)
     except (
         MissingAPIKeyError,
         CredentialsBlockNotFoundError,
@@ -347,6 +366,7 @@ async def generate_meshes(
             claims=ClaimRegistry(storage, run=run_id or uuid.uuid4().hex, lease_s=lease_s),
             storage_options=options,
             concurrency=concurrency,
+            queue_headroom=in_flight - concurrency,
             wait_timeout_s=wait_timeout_s,
             logger=logger,
             manifest=manifest,

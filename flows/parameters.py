@@ -22,6 +22,16 @@ ModelParam = Annotated[
     Field(description="WaveSpeed Hunyuan3D model id.", json_schema_extra={"enum": sorted(KNOWN_MODELS)}),
 ]
 ConcurrencyParam = Annotated[int, Field(ge=1, le=10_000)]
+QueueHeadroomParam = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=10_000,
+        description="Predictions submitted beyond `concurrency`, queued by WaveSpeed until a slot frees, "
+        "so the account never idles while a finished one is downloaded and replaced (each is billed at its "
+        "submit like any other). Default: half of `concurrency`; 0: never more than `concurrency`.",
+    ),
+]
 StorageOptionsParam = Annotated[
     dict[str, Any] | None,
     Field(description="fsspec options for the manifest, images and output (endpoint, credentials)."),

@@ -69,7 +69,7 @@ class RunContext:
     ledger: PredictionLedger
     claims: ClaimRegistry
     storage_options: dict[str, Any]
-    concurrency: int
+    concurrency: int  # the account's slots this run keeps busy
     wait_timeout_s: float | None
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     manifest: str
@@ -86,16 +86,19 @@ class RunContext:
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
-    # `concurrency` predictions in flight on WaveSpeed (what account tiers limit): a slot is held
-    # from the submit until the prediction is terminal. Items also prepare, download and publish
-    # outside their slot, so that the account never idles on our I/O; _items bounds all of it.
+    # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
+    # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
+    queue_headroom: int = 0
+    # A slot is held from the submit until the prediction is terminal: `concurrency` processing plus
+    # `queue_headroom` queued. Items also prepare, download and publish outside their slot, so that
+    # the account never idles on our I/O; _items bounds all of it.
     _slots: asyncio.Semaphore = field(init=False)
     _items: asyncio.Semaphore = field(init=False)
     _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._items = asyncio.Semaphore(2 * self.concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency + self.queue_headroom)
+        self._items = asyncio.Semaphore(2 * self.concurrency + self.queue_headroom)
 
     def log_item(self, message: str, *args: object) -> None:
         """Per-item success lines: INFO in small runs; DEBUG in large ones, where a line per item

@@ -49,13 +49,14 @@ from flows.parameters import (
     ConcurrencyParam,
     InputsParam,
     ModelParam,
+    QueueHeadroomParam,
     ResubmitUnknownParam,
     StorageOptionsParam,
     SubmitsPerMinuteParam,
     WaitTimeoutParam,
 )
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
-from tasks.limits import ensure_global_limit
+from tasks.limits import ensure_global_limit, queue_headroom_for
 from tasks.models import UnknownModelError, check_model
 from tasks.settings import DEFAULT_MODEL
 from tasks.storage import STATE_FOLDER, Storage
@@ -516,10 +517,15 @@ async def generate_meshes_sharded(
     concurrency: Annotated[
         ConcurrencyParam,
         Field(
-            description="Predictions in flight per chunk; also the size of the global in-flight limit when "
-            "it has to be created."
+            description="Predictions WaveSpeed processes at once per chunk (the account's concurrent task "
+            "limit when one chunk runs at a time); with the headroom, also the size of the global in-flight "
+            "limit when it has to be created."
         ),
     ] = 2,
+    queue_headroom: Annotated[
+        QueueHeadroomParam,
+        Field(description="Predictions queued beyond `concurrency` per chunk; default: half."),
+    ] = None,
     storage_options: StorageOptionsParam = None,
     inputs: InputsParam = None,
     wait_timeout_s: Annotated[
@@ -539,8 +545,9 @@ async def generate_meshes_sharded(
     concurrency_limit_name: Annotated[
         str | None,
         Field(
-            description="Prefect global concurrency limit capping predictions in flight across every chunk "
-            "and run (created with `concurrency` slots if missing). Null: each chunk only has its own cap."
+            description="Prefect global concurrency limit capping predictions in flight (queued ones "
+            "included) across every chunk and run (created with `concurrency` + headroom slots if missing). "
+            "Null: each chunk only has its own cap."
         ),
     ] = DEFAULT_IN_FLIGHT_LIMIT,
     rate_limit_name: Annotated[
@@ -578,8 +585,11 @@ async def generate_meshes_sharded(
         chunk_size: Manifest rows per chunk (one flow run per chunk).
         deployment: Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll.
         model: WaveSpeed Hunyuan3D model id.
-        concurrency: Predictions in flight per chunk; also the size of the global in-flight limit when
-            it has to be created.
+        concurrency: Predictions WaveSpeed processes at once per chunk (the account's concurrent task
+            limit when one chunk runs at a time); with the headroom, also the size of the global in-flight
+            limit when it has to be created.
+        queue_headroom: Predictions submitted beyond `concurrency` per chunk, queued by WaveSpeed until a
+            slot frees; default: half of `concurrency`; 0: never more than `concurrency`.
         storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
         inputs: Extra model inputs applied to every item.
         wait_timeout_s: Deadline per prediction; default from the workers' settings.
@@ -588,7 +598,8 @@ async def generate_meshes_sharded(
         credentials_block: Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_* settings.
         submits_per_minute: Cap on submits per minute across all chunks (shared rate limit).
         concurrency_limit_name: Prefect global concurrency limit capping predictions in flight across
-            every chunk and run (created with `concurrency` slots if missing).
+            every chunk and run, queued ones included (created with `concurrency` + headroom slots if
+            missing).
         rate_limit_name: Prefect global concurrency limit used as the shared submits-per-minute rate
             limit; default 'hy3d-submits-per-minute' when submits_per_minute is set.
         cache_storage_block: Saved filesystem block holding submit cache records.
@@ -632,7 +643,9 @@ async def generate_meshes_sharded(
                 )
         try:
             if concurrency_limit_name:
-                await ensure_global_limit(concurrency_limit_name, concurrency)
+                await ensure_global_limit(
+                    concurrency_limit_name, concurrency + queue_headroom_for(concurrency, queue_headroom)
+                )
             if rate_limit_name and submits_per_minute:
                 await ensure_global_limit(rate_limit_name, submits_per_minute, per_minute=submits_per_minute)
         except Exception as exc:
@@ -647,6 +660,7 @@ async def generate_meshes_sharded(
         "output": output,
         "model": model,
         "concurrency": concurrency,
+        "queue_headroom": queue_headroom,
         "storage_options": storage_options,
         "inputs": inputs,
         "wait_timeout_s": wait_timeout_s,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from prefect import State
 
 from hy3d.options import (
+    add_concurrency_options,
     add_item_options,
     add_key_value_option,
     add_manifest_argument,
@@ -36,7 +37,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_manifest_argument(parser)
     parser.add_argument("--output", "-o", required=True, help="Destination: any fsspec URL or local folder.")
     add_model_option(parser)
-    parser.add_argument("--concurrency", type=int, default=2, help="Predictions in flight (default 2).")
+    add_concurrency_options(parser)
     add_item_options(parser)
     parser.add_argument(
         "--submits-per-minute",
@@ -144,6 +145,7 @@ def run_flow(
     model: str,
     concurrency: int,
     storage_options: dict[str, Any],
+    queue_headroom: int | None = None,
     inputs: dict[str, Any],
     wait_timeout_s: float | None,
     retry_failed: bool = False,
@@ -160,6 +162,8 @@ def run_flow(
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if queue_headroom is not None and queue_headroom < 0:
+        raise UsageError("--queue-headroom must not be negative")
     if max_cost is not None and max_cost < 0:
         raise UsageError("--max-cost must not be negative")
     if submits_per_minute is not None and submits_per_minute < 1:
@@ -195,6 +199,7 @@ def run_flow(
             output=output,
             model=model,
             concurrency=concurrency,
+            queue_headroom=queue_headroom,
             storage_options=storage_options or None,
             inputs=inputs or None,
             wait_timeout_s=wait_timeout_s,
@@ -257,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.output,
                 model=args.model,
                 concurrency=args.concurrency,
+                queue_headroom=args.queue_headroom,
                 storage_options=dict(args.storage_options),
                 inputs=dict(args.inputs),
                 wait_timeout_s=args.wait_timeout,

@@ -57,6 +57,25 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_concurrency_options(parser: argparse.ArgumentParser, *, per: str = "") -> None:
+    """``--concurrency`` (the account's slots to keep busy) and ``--queue-headroom``."""
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help=f"Predictions WaveSpeed processes at once{per}: your account's concurrent task limit "
+        "(Bronze 2, Silver 300, Gold 3000; default 2).",
+    )
+    parser.add_argument(
+        "--queue-headroom",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Predictions submitted beyond --concurrency{per}, queued by WaveSpeed until a slot frees, so "
+        "the account never idles between items (default: half of --concurrency; 0: none).",
+    )
+
+
 def add_item_options(
     parser: argparse.ArgumentParser, *, storage_option_help: str = STORAGE_OPTION_HELP
 ) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hy3d.cli import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from hy3d.options import (
+    add_concurrency_options,
     add_item_options,
     add_manifest_argument,
     add_model_option,
@@ -54,12 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Deployment running each chunk on its work pool (default {DEFAULT_DEPLOYMENT}).",
     )
     add_model_option(parser)
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=2,
-        help="Predictions in flight per chunk; the size of the global limit if it is created (default 2).",
-    )
+    add_concurrency_options(parser, per=" per chunk")
     parser.add_argument(
         "--concurrency-limit-name",
         default=DEFAULT_IN_FLIGHT_LIMIT,
@@ -119,6 +115,7 @@ def run_sharded(
     deployment: str = DEFAULT_DEPLOYMENT,
     model: str | None = None,
     concurrency: int = 2,
+    queue_headroom: int | None = None,
     storage_options: dict[str, Any] | None = None,
     inputs: dict[str, Any] | None = None,
     wait_timeout_s: float | None = None,
@@ -146,6 +143,7 @@ def run_sharded(
             deployment=deployment,
             model=model,
             concurrency=concurrency,
+            queue_headroom=queue_headroom,
             storage_options=storage_options or None,
             inputs=inputs or None,
             wait_timeout_s=wait_timeout_s,
@@ -169,6 +167,8 @@ def _run(manifest: str, output: str, **parameters: Any) -> int:
     for name in ("chunk_size", "concurrency"):
         if parameters[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if parameters["queue_headroom"] is not None and parameters["queue_headroom"] < 0:
+        raise UsageError("--queue-headroom must not be negative")
     if parameters["submits_per_minute"] is not None and parameters["submits_per_minute"] < 1:
         raise UsageError("--submits-per-minute must be at least 1")
     for name in ("chunk_timeout_s", "poll_interval_s", "wait_timeout_s"):
@@ -215,6 +215,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         deployment=args.deployment,
         model=args.model,
         concurrency=args.concurrency,
+        queue_headroom=args.queue_headroom,
         storage_options=dict(args.storage_options),
         inputs=dict(args.inputs),
         wait_timeout_s=args.wait_timeout,

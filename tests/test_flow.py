@@ -209,7 +209,8 @@ def test_wrong_key_stops_the_run_before_any_work(
 def test_key_revoked_mid_run_stops_new_submits(
     emulator: EmulatorServer, samples: Path, tmp_path: Path
 ) -> None:
-    """The key passes the up-front check, then is revoked after the first prediction completes."""
+    """The key passes the up-front check, then is revoked after the first prediction completes.
+    One prediction in flight (no queue headroom), so that exactly one request meets the new key."""
     emulator.config.latency_s = 0.5
 
     def revoke_after_first_completion() -> None:
@@ -222,7 +223,9 @@ def test_key_revoked_mid_run_stops_new_submits(
     revoker.start()
     manifest = write_csv(samples, [(Path(n).stem, n) for n in NAMES])
 
-    state, summary = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), concurrency=1)
+    state, summary = run_flow(
+        manifest=str(manifest), output=str(tmp_path / "out"), concurrency=1, queue_headroom=0
+    )
     revoker.join(5)
 
     assert state.is_failed()
@@ -323,16 +326,24 @@ def test_manifest_images_and_output_on_fsspec_urls(
     assert emulator.stats.submits_accepted == 2
 
 
-def test_concurrency_caps_predictions_in_flight(
-    emulator: EmulatorServer, samples: Path, tmp_path: Path
+@pytest.mark.parametrize(("queue_headroom", "in_flight"), [(None, 3), (0, 2), (2, 4)])
+def test_concurrency_and_queue_headroom_cap_predictions_in_flight(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path, queue_headroom: int | None, in_flight: int
 ) -> None:
-    """`concurrency` is what WaveSpeed's tiers limit: predictions accepted and not yet terminal.
-    Downloads and publishing happen outside the slots, and must not let more predictions in."""
-    emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 0.3, 0.0, 0
+    """`concurrency` is the account's slots (what WaveSpeed's tiers limit) and `queue_headroom` the
+    predictions queued behind them (default: half of `concurrency`, rounded up): together they cap
+    predictions accepted and not yet terminal. Downloads and publishing happen outside the slots,
+    and must not let more predictions in. The account's 2 slots are what the emulator processes at
+    once; the headroom keeps them full."""
+    emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 0.3, 0.0, 2
     manifest = write_csv(samples, distinct_images(samples, 8))
 
-    state, _ = run_flow(manifest=str(manifest), output=str(tmp_path / "out"), concurrency=2)
+    state, _ = run_flow(
+        manifest=str(manifest), output=str(tmp_path / "out"), concurrency=2, queue_headroom=queue_headroom
+    )
 
     assert state.is_completed(), state.message
-    assert emulator.stats.peak_in_flight == 2, emulator.stats.snapshot()
-    assert emulator.stats.submits_accepted == 8
+    stats = emulator.stats.snapshot()
+    assert stats["peak_in_flight"] == in_flight, stats
+    assert stats["peak_processing"] == 2, stats
+    assert stats["submits_accepted"] == 8

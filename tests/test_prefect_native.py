@@ -96,7 +96,7 @@ def test_global_concurrency_limit_caps_predictions_in_flight(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_missing_global_limit_is_created_with_the_run_concurrency(
+def test_missing_global_limit_is_created_with_the_runs_predictions_in_flight(
     emulator: EmulatorServer, samples: Path, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -112,7 +112,7 @@ def test_missing_global_limit_is_created_with_the_run_concurrency(
         async with get_client() as client:
             return (await client.read_global_concurrency_limit_by_name(name)).limit
 
-    assert asyncio.run(read()) == 3
+    assert asyncio.run(read()) == 3 + 2  # concurrency + the default queue headroom (half, rounded up)
 
 
 @pytest.mark.usefixtures("prefect_harness")
