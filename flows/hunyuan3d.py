@@ -315,7 +315,9 @@ async def generate_meshes(
     for warning in problems:
         logger.warning(warning)
     run_id = flow_run.get_id()
-    async with WaveSpeedClient(settings) as client:
+    # With queue headroom the client times each queued prediction's polls from its expected start.
+    account_slots = concurrency if in_flight > concurrency else None
+    async with WaveSpeedClient(settings, account_slots=account_slots) as client:
         try:
             await client.check_access()  # a wrong key costs one request, not one per item
         except AuthenticationError as exc:

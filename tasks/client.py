@@ -23,6 +23,7 @@ import httpx
 from pydantic import SecretStr
 
 from tasks import __version__
+from tasks.account_queue import AccountQueue
 from tasks.errors import (
     APIStatusError,
     AuthenticationError,
@@ -132,7 +133,11 @@ class WaveSpeedClient:
         api_key: str | SecretStr | None = None,
         base_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        account_slots: int | None = None,
     ) -> None:
+        """``account_slots``: how many predictions the account processes at once, when the caller
+        keeps more than that submitted (queue headroom): the polls of queued predictions are then
+        timed from when they should start (:mod:`tasks.account_queue`)."""
         settings = settings or WaveSpeedSettings()
         updates: dict[str, Any] = {}
         if api_key is not None:
@@ -191,6 +196,7 @@ class WaveSpeedClient:
         # timed from then, not from when the caller gets round to waiting (ledger and cache
         # writes come in between, and take seconds when thousands of items are in flight).
         self._accepted_at: dict[str, float] = {}
+        self.account_queue = AccountQueue(account_slots) if account_slots else None
         self._public = httpx.AsyncClient(
             headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
         )
@@ -267,9 +273,14 @@ class WaveSpeedClient:
             prediction = Prediction.model_validate(data)
         except ValueError as exc:
             raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
-        self._accepted_at[prediction.id] = time.monotonic()
+        accepted_at = self._accepted_at[prediction.id] = time.monotonic()
+        if self.account_queue is not None:
+            self.account_queue.accepted(prediction.id, accepted_at)
         while len(self._accepted_at) > ACCEPTED_AT_KEPT:  # ids never waited on here
-            self._accepted_at.pop(next(iter(self._accepted_at)))
+            forgotten = next(iter(self._accepted_at))
+            self._accepted_at.pop(forgotten)
+            if self.account_queue is not None:
+                self.account_queue.finished(forgotten, accepted_at)
         return prediction
 
     async def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
@@ -309,6 +320,8 @@ class WaveSpeedClient:
             floor=s.poll_initial_interval_s,
             backoff=s.poll_backoff,
             ceiling=s.poll_max_interval_s,
+            queue=self.account_queue if accepted_at is not None else None,
+            prediction_id=prediction_id,
         )
         status = "unknown"
         polls = 0
@@ -334,6 +347,7 @@ class WaveSpeedClient:
                     raise
                 polls += 1
                 status = prediction.status
+                schedule.observe(status)
                 if prediction.is_terminal:
                     if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
                         self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
@@ -342,6 +356,8 @@ class WaveSpeedClient:
                     raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
         finally:
             schedule.close()
+            if self.account_queue is not None:  # terminal, or no longer followed here: a slot frees
+                self.account_queue.finished(prediction_id, time.monotonic() - schedule.expected_lag_s())
 
     async def get_balance(self) -> float:
         """Account balance in USD. Also the cheapest authenticated call: the flow uses it to check

@@ -33,6 +33,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from tasks.account_queue import AccountQueue
+
 MIN_SAMPLES = 3  # durations of a model before its polls are planned
 SCOUTS = 4  # waits per model that poll early while no duration is known
 PLAN_POLL_BUDGET = 1.8  # expected polls per prediction allowed to the plan (the target is <= 3)
@@ -215,7 +217,9 @@ class PollSchedule:
 
     ``model`` is None when nothing should be learned or planned (the prediction's age is unknown,
     e.g. resumed from an earlier run): then intervals simply grow. ``origin`` is the
-    ``time.monotonic()`` of the submit."""
+    ``time.monotonic()`` of the submit. With a ``queue`` (the run submits beyond the account's
+    concurrency), a prediction waiting in the account's queue is timed from its expected start,
+    after one early probe while the queue is unconfirmed; call :meth:`observe` after each poll."""
 
     def __init__(
         self,
@@ -226,22 +230,52 @@ class PollSchedule:
         floor: float,
         backoff: float,
         ceiling: float,
+        queue: AccountQueue | None = None,
+        prediction_id: str = "",
     ) -> None:
         self._estimator = estimator
         self._model = model
         self._origin = origin
         self._floor, self._backoff, self._ceiling = floor, backoff, ceiling
+        self._queue, self._prediction_id = queue, prediction_id
+        self._probes = 0  # polls made as a probe of the account's queue (not part of the plan)
+        self._probing = False
         self.role: Role | None = None
+
+    def expected_lag_s(self) -> float:
+        """How long after completing a prediction on this schedule is noticed, on average. The
+        account queue dates a prediction's end this much before its notice: dated at the notice,
+        every queued successor would be polled that much late, and its own successors later still."""
+        plan = self._estimator.plan(self._model) if self._model is not None else None
+        return plan.expected_lag_s if plan is not None else 0.0
+
+    def observe(self, status: str) -> None:
+        """The status a poll answered (a probe's answer tells whether the account queues)."""
+        if self._probing and self._queue is not None:
+            self._queue.observe_probe(self._prediction_id, status)
+            self._probing = False
 
     async def next_pause(self, polls: int, status: str, deadline: float) -> float | None:
         """Seconds to sleep before the next poll, or None after a follower slept until news of
         its model's durations (call again: there may be a plan now, or a scout's place)."""
-        elapsed = time.monotonic() - self._origin
+        now = time.monotonic()
+        elapsed = now - self._origin
         if self._model is None:
             return growing_pause(polls, self._floor, self._backoff, self._ceiling)
+        queue = self._queue
+        if polls == 0 and queue is not None and queue.needs_probe(self._prediction_id):
+            self._probes, self._probing = 1, True
+            return max(0.0, self._floor - elapsed)
         plan = self._estimator.plan(self._model)
         if plan is not None:
-            return planned_pause(plan, polls=polls, elapsed=elapsed, status=status, ceiling=self._ceiling)
+            start = queue.expected_start(self._prediction_id, plan.median_s) if queue is not None else None
+            return planned_pause(
+                plan,
+                polls=polls - self._probes,
+                elapsed=elapsed if start is None else now - start,
+                status=status,
+                ceiling=self._ceiling,
+            )
         self.role = self._estimator.enlist(self._model, self.role)
         if self.role is Role.follower:
             safety = follower_safety_pause(polls, self._ceiling, self._backoff)

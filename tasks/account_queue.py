@@ -1,0 +1,130 @@
+"""When WaveSpeed will start each of this client's predictions, for runs that submit more than the
+account runs at once.
+
+The contract: an account processes up to its concurrency limit; beyond it new predictions queue
+(stay ``created``) and start first come, first served as slots free. A run with queue headroom
+(``flows.pipeline``) keeps more predictions submitted than that, so the account never idles. Its
+queued predictions must not be polled as if their processing time ran from the submit: at L=30 s
+with a third of them queued, that made 5.4 polls per prediction (every 2 s from L until 2·L).
+
+:class:`AccountQueue` models the queue from what the client knows: the order of its accepted
+submits and which of them it has seen finish. A prediction accepted while ``u`` earlier ones are
+unfinished (as far as we know) with ``u >= slots`` starts when the ``(u - slots + 1)``-th of those
+finishes, oldest first. Those not yet noticed as finished include some that have finished (the
+notice lags); they are the oldest, so counting them keeps the position right. The predecessor's
+end is its notice time once known, else its own expected start + the median duration.
+
+The model is only trusted once the account is seen queueing: the first predictions it places in
+the queue make one early poll (a *probe*). ``created`` confirms it; an answer that it is already
+processing (the account allows more than the run's ``concurrency``) counts against it, and after
+:data:`REFUTATIONS` the model is switched off: waits are then timed from the submit, as without it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+REFUTATIONS = 3  # probes answering "not queued" before the model is switched off
+
+
+@dataclass
+class _Entry:
+    accepted: float  # time.monotonic() of the accepted submit
+    after: _Entry | None  # the prediction whose end frees the slot this one waits for
+    start: float | None = None  # expected start, fixed when first asked for
+    finished: float | None = None  # when it likely ended (noticed terminal, less the usual lag)
+
+
+class AccountQueue:
+    """Expected starts of this client's predictions on an account running ``slots`` at once.
+    Thread-safe (waits of one client may run on different event loops)."""
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("an account runs at least one prediction at once")
+        self.slots = slots
+        self._unfinished: OrderedDict[str, _Entry] = OrderedDict()  # in accept order
+        self._entries: dict[str, _Entry] = {}
+        self._confirmed: bool | None = None  # None: not known yet whether the account queues
+        self._refuted = 0
+        self._lock = threading.Lock()
+
+    @property
+    def confirmed(self) -> bool | None:
+        return self._confirmed
+
+    def accepted(self, prediction_id: str, at: float) -> None:
+        with self._lock:
+            ahead = len(self._unfinished)
+            after = None
+            if ahead >= self.slots:
+                after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
+            entry = _Entry(at, after)
+            self._unfinished[prediction_id] = entry
+            self._entries[prediction_id] = entry
+
+    def finished(self, prediction_id: str, at: float) -> None:
+        """Noticed terminal, or no longer waited for (its slot is then assumed free)."""
+        with self._lock:
+            entry = self._unfinished.pop(prediction_id, None)
+            self._entries.pop(prediction_id, None)
+            if entry is not None:
+                entry.finished = at
+
+    def queued_at_submit(self, prediction_id: str) -> bool:
+        """Whether the model put this prediction in the account's queue when it was accepted."""
+        with self._lock:
+            entry = self._entries.get(prediction_id)
+            return entry is not None and entry.after is not None
+
+    def needs_probe(self, prediction_id: str) -> bool:
+        """A queued prediction makes one early poll while nobody knows whether the account queues."""
+        return self._confirmed is None and self.queued_at_submit(prediction_id)
+
+    def observe_probe(self, prediction_id: str, status: str) -> None:
+        """The answer to a probe: ``created`` means the account does queue what the run submits
+        beyond ``slots``; anything else, that it ran it at once."""
+        with self._lock:
+            if self._confirmed is not None or prediction_id not in self._entries:
+                return
+            if status == "created":
+                self._confirmed = True
+                return
+            self._refuted += 1
+            if self._refuted >= REFUTATIONS:
+                self._confirmed = False
+
+    def expected_start(self, prediction_id: str, median_s: float) -> float | None:
+        """When the prediction should start processing (``time.monotonic()``), or None when the
+        model does not apply (unknown prediction, or the account not seen queueing)."""
+        with self._lock:
+            entry = self._entries.get(prediction_id)
+            if entry is None or not self._confirmed:
+                return None
+            return _start(entry, median_s)
+
+
+def _start(entry: _Entry, median_s: float) -> float:
+    """The expected start of ``entry``, computed once: the end of the prediction ahead of it, which
+    is its own expected start + the median, or when it was seen to end, whichever came first. The
+    earlier of the two: an estimate made late by late notices would otherwise pass the delay on to
+    every successor, growing each generation; an early one costs a poll or two, not lag."""
+    chain: list[_Entry] = []
+    while entry.start is None and entry.after is not None:
+        chain.append(entry)
+        entry = entry.after
+    if entry.start is None:
+        entry.start = entry.accepted
+    for waiting in reversed(chain):
+        ahead = waiting.after
+        assert ahead is not None and ahead.start is not None
+        end = ahead.start + median_s
+        if ahead.finished is not None:
+            end = min(end, ahead.finished)
+        waiting.start = max(waiting.accepted, end)
+        waiting.after = None  # fixed now; the one ahead may be forgotten
+    assert entry.start is not None
+    return chain[0].start if chain and chain[0].start is not None else entry.start

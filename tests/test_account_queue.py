@@ -1,0 +1,120 @@
+"""The account's queue as the client models it (pure), and what it saves against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+
+import pytest
+
+from emulator import EmulatorServer
+from tasks.account_queue import REFUTATIONS, AccountQueue
+from tasks.client import WaveSpeedClient
+from tasks.polling import MIN_SAMPLES
+from tasks.settings import WaveSpeedSettings
+from tests.test_client import BALL, MODEL
+
+
+def confirmed_queue(slots: int, accepted: list[str]) -> AccountQueue:
+    queue = AccountQueue(slots)
+    for name in accepted:
+        queue.accepted(name, 0.0)
+    probe = next(name for name in accepted if queue.needs_probe(name))
+    queue.observe_probe(probe, "created")
+    assert queue.confirmed is True
+    return queue
+
+
+def test_beyond_the_slots_a_prediction_starts_when_the_one_ahead_of_it_ends() -> None:
+    queue = confirmed_queue(2, ["a", "b", "c", "d", "e"])
+    assert not queue.queued_at_submit("a") and not queue.queued_at_submit("b")
+    assert queue.expected_start("a", 10.0) == 0.0
+    assert queue.expected_start("c", 10.0) == 10.0  # after a
+    assert queue.expected_start("d", 10.0) == 10.0  # after b
+    assert queue.expected_start("e", 10.0) == 20.0  # after c, which waits for a
+
+
+def test_an_end_seen_before_the_estimate_moves_the_successors_earlier() -> None:
+    queue = confirmed_queue(2, ["a", "b", "c", "d", "e"])
+    queue.finished("a", 7.0)
+    assert queue.expected_start("c", 10.0) == 7.0
+    assert queue.expected_start("e", 10.0) == 17.0
+    queue.accepted("f", 8.0)  # b c d e unfinished: the third of them (d) frees f's slot
+    assert queue.expected_start("f", 10.0) == 20.0  # d after b, which started at 0
+
+
+def test_an_end_noticed_late_does_not_delay_the_successors() -> None:
+    """Notices lag; dated at the notice, each generation of successors was polled later than the
+    one before (lag p90 8.9 s at C=1000, L=10 s)."""
+    queue = confirmed_queue(2, ["a", "b", "c", "d", "e"])
+    queue.finished("a", 50.0)
+    assert queue.expected_start("c", 10.0) == 10.0
+    assert queue.expected_start("e", 10.0) == 20.0
+
+
+def test_an_expected_start_is_fixed_once_given() -> None:
+    queue = confirmed_queue(2, ["a", "b", "c", "d"])
+    assert queue.expected_start("d", 10.0) == 10.0
+    queue.finished("b", 8.5)
+    assert queue.expected_start("d", 12.0) == 10.0  # its polls were timed from it already
+
+
+def test_within_the_slots_nothing_is_queued_or_probed() -> None:
+    queue = AccountQueue(3)
+    for name in ("a", "b", "c"):
+        queue.accepted(name, 1.0)
+        assert not queue.needs_probe(name)
+    queue.finished("a", 2.0)
+    queue.accepted("d", 3.0)
+    assert not queue.queued_at_submit("d")
+
+
+def test_the_model_waits_for_a_probe_and_is_switched_off_by_refutations() -> None:
+    queue = AccountQueue(1)
+    names = [f"p{index}" for index in range(REFUTATIONS + 2)]
+    for name in names:
+        queue.accepted(name, 0.0)
+    assert queue.expected_start(names[1], 5.0) is None  # not trusted before a probe answered
+    assert queue.needs_probe(names[1])
+    for name in names[1 : REFUTATIONS + 1]:
+        queue.observe_probe(name, "processing")  # the account ran it at once: it has more slots
+    assert queue.confirmed is False
+    assert not queue.needs_probe(names[-1])
+    assert queue.expected_start(names[-1], 5.0) is None
+
+
+def test_slots_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        AccountQueue(0)
+
+
+@pytest.mark.parametrize("modelled", [True, False])
+def test_queued_predictions_are_polled_from_their_expected_start(
+    emulator: EmulatorServer, modelled: bool
+) -> None:
+    """20 predictions on an account of 10 slots: the second ten wait a whole duration in the queue.
+    Timed from their submit they are polled when they have only just started, then every floor
+    until done (measured: 3.5 polls per prediction); timed from their expected start, after one
+    probe each while the queue is unconfirmed, 1.5 (lag 0.2 s both ways)."""
+    emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 2.0, 0.1, 10
+    settings = WaveSpeedSettings(api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.3)
+
+    async def go() -> tuple[list[str], bool | None]:
+        async with WaveSpeedClient(settings, account_slots=10 if modelled else None) as client:
+            for _ in range(MIN_SAMPLES):
+                client.durations.add(MODEL, 2.1)
+            url = await client.upload(BALL, "ball.png", "image/png")
+            submitted = [(await client.submit(MODEL, {"image": url})).id for _ in range(20)]
+            await asyncio.gather(*(client.wait(pid, model=MODEL, timeout_s=30) for pid in submitted))
+            return submitted, client.account_queue.confirmed if client.account_queue else None
+
+    ids, confirmed = asyncio.run(go())
+    polls = statistics.mean(emulator.stats.polls_for(i) for i in ids)
+    lags = emulator.stats.completion_lags()
+    assert len(lags) == 20
+    if modelled:
+        assert confirmed is True
+        assert polls <= 1.8, polls
+        assert statistics.mean(lags.values()) <= 0.5, lags
+    else:
+        assert polls >= 2.5, polls  # what the model saves: it must stay measurable here
