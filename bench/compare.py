@@ -937,6 +937,7 @@ def targets(results: list[Measured], args: argparse.Namespace) -> list[str]:
 
 
 PHASES = (
+    ("accepted -> started (queued)", "accepted_at", "started_at"),
     ("accepted -> 1st poll", "accepted_at", "first_poll_at"),
     ("completed -> noticed", "completed_at", "first_completed_poll_at"),
     ("noticed -> download", "first_completed_poll_at", "first_download_at"),
@@ -952,6 +953,29 @@ def phases(stats: dict[str, Any]) -> str:
         if gaps:
             p50, p90 = gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, int(0.9 * len(gaps)))]
             parts.append(f"{label} {p50:.2f} / {p90:.2f}")
+    return "; ".join(parts)
+
+
+QUEUED_S = 0.5  # a prediction that waited longer than this for a slot of the account was queued
+
+
+def queued_split(stats: dict[str, Any]) -> str:
+    """Polls and notice lag of the predictions that waited in the account's queue and of the rest
+    (empty when none waited): queue headroom's cost shows there."""
+    accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
+    done, noticed = stats.get("completed_at") or {}, stats.get("first_completed_poll_at") or {}
+    polls = stats.get("polls_by_prediction") or {}
+    queued = {pid for pid in started if pid in accepted and started[pid] - accepted[pid] > QUEUED_S}
+    if not queued:
+        return ""
+    parts = []
+    for label, group in (("queued", queued), ("not queued", set(started) - queued)):
+        lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
+        if group and lags:
+            parts.append(
+                f"{label} {len(group)}: {sum(polls.get(pid, 0) for pid in group) / len(group):.2f} polls, "
+                f"lag mean {sum(lags) / len(lags):.2f} s"
+            )
     return "; ".join(parts)
 
 
@@ -976,6 +1000,9 @@ def details(results: list[Measured], args: argparse.Namespace, server: PrefectSe
             extra.append(f"last mesh landed {r.started_at + r.wall_s - max(r.mtimes):.1f} s before exit")
         lines.append(f"- {r.name}: " + ", ".join(extra))
         lines.append(f"  - per prediction, median / p90 s: {phases(r.stats)}")
+        split = queued_split(r.stats)
+        if split:
+            lines.append(f"  - waited in the account's queue (> {QUEUED_S:g} s) or not: {split}")
         threads = r.report.get("threads_cpu_s")
         if threads:
             top = ", ".join(f"{k} {v:.1f}" for k, v in list(threads.items())[:6])

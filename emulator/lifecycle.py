@@ -83,7 +83,7 @@ async def run_prediction(state: EmulatorState, prediction: Prediction, spec: Mod
     try:
         async with state.slots.slot():
             prediction.status = "processing"
-            state.stats.record_processing(+1)
+            state.stats.record_processing(+1, prediction.id)
             began = time.monotonic()
             try:
                 await _process(state, prediction, spec)

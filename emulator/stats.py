@@ -66,6 +66,7 @@ class EmulatorStats:
         # when each prediction was accepted, when it completed, and when a poll first answered
         # `completed` -- the client cannot have noticed the completion before that poll.
         self.accepted_at: dict[str, float] = {}
+        self.started_at: dict[str, float] = {}  # left the account's queue: status `processing`
         self.completed_at: dict[str, float] = {}
         self.first_completed_poll_at: dict[str, float] = {}
         self.polls_after_completed: Counter[str] = Counter()
@@ -104,10 +105,12 @@ class EmulatorStats:
             if webhook:
                 self.webhooks[pid] = webhook
 
-    def record_processing(self, delta: int) -> None:
+    def record_processing(self, delta: int, prediction_id: str | None = None) -> None:
         with self._lock:
             self.processing += delta
             self.peak_processing = max(self.peak_processing, self.processing)
+            if delta > 0 and prediction_id is not None:
+                self.started_at.setdefault(prediction_id, time.time())
 
     def record_terminal(self, code: int | None) -> None:
         """A prediction left the in-flight set: completed (code None), failed (its code), or cancelled
@@ -275,6 +278,7 @@ class EmulatorStats:
                 "faults": dict(self.faults),
                 "webhooks": dict(self.webhooks),
                 "accepted_at": dict(self.accepted_at),
+                "started_at": dict(self.started_at),
                 "completed_at": dict(self.completed_at),
                 "first_completed_poll_at": dict(self.first_completed_poll_at),
                 "polls_after_completed": dict(self.polls_after_completed),

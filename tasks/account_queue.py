@@ -12,7 +12,8 @@ submits and which of them it has seen finish. A prediction accepted while ``u`` 
 unfinished (as far as we know) with ``u >= slots`` starts when the ``(u - slots + 1)``-th of those
 finishes, oldest first. Those not yet noticed as finished include some that have finished (the
 notice lags); they are the oldest, so counting them keeps the position right. The predecessor's
-end is its notice time once known, else its own expected start + the median duration.
+end is its own expected start + the median duration, or its notice less the usual notice lag when
+that came first (see :func:`_start`).
 
 The model is only trusted once the account is seen queueing: the first predictions it places in
 the queue make one early poll (a *probe*). ``created`` confirms it; an answer that it is already
@@ -33,7 +34,8 @@ REFUTATIONS = 3  # probes answering "not queued" before the model is switched of
 @dataclass
 class _Entry:
     accepted: float  # time.monotonic() of the accepted submit
-    after: _Entry | None  # the prediction whose end frees the slot this one waits for
+    after: _Entry | None  # the prediction whose end frees the slot this one waits for (until start)
+    queued: bool  # accepted behind the account's slots
     start: float | None = None  # expected start, fixed when first asked for
     finished: float | None = None  # when it likely ended (noticed terminal, less the usual lag)
 
@@ -62,7 +64,7 @@ class AccountQueue:
             after = None
             if ahead >= self.slots:
                 after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
-            entry = _Entry(at, after)
+            entry = _Entry(at, after, queued=after is not None)
             self._unfinished[prediction_id] = entry
             self._entries[prediction_id] = entry
 
@@ -78,7 +80,7 @@ class AccountQueue:
         """Whether the model put this prediction in the account's queue when it was accepted."""
         with self._lock:
             entry = self._entries.get(prediction_id)
-            return entry is not None and entry.after is not None
+            return entry is not None and entry.queued
 
     def needs_probe(self, prediction_id: str) -> bool:
         """A queued prediction makes one early poll while nobody knows whether the account queues."""
@@ -112,6 +114,7 @@ def _start(entry: _Entry, median_s: float) -> float:
     is its own expected start + the median, or when it was seen to end, whichever came first. The
     earlier of the two: an estimate made late by late notices would otherwise pass the delay on to
     every successor, growing each generation; an early one costs a poll or two, not lag."""
+    target = entry
     chain: list[_Entry] = []
     while entry.start is None and entry.after is not None:
         chain.append(entry)
@@ -126,5 +129,5 @@ def _start(entry: _Entry, median_s: float) -> float:
             end = min(end, ahead.finished)
         waiting.start = max(waiting.accepted, end)
         waiting.after = None  # fixed now; the one ahead may be forgotten
-    assert entry.start is not None
-    return chain[0].start if chain and chain[0].start is not None else entry.start
+    assert target.start is not None
+    return target.start

@@ -152,13 +152,15 @@ class DurationEstimator:
 
     # -- cold start ---------------------------------------------------------------------------
 
-    def enlist(self, model: str, current: Role | None) -> Role:
+    def enlist(self, model: str, current: Role | None, *, may_scout: bool = True) -> Role:
         """The role of a wait that finds no plan: a scout while fewer than :data:`SCOUTS` are
-        scouting, else a follower (a follower is promoted when a scout leaves)."""
+        scouting, else a follower (a follower is promoted when a scout leaves). A prediction
+        waiting in the account's queue (``may_scout=False``) only follows: it would poll for a
+        whole queue wait before it could learn anything."""
         with self._lock:
             if current is Role.scout:
                 return current
-            if self._scouts.get(model, 0) < SCOUTS:
+            if may_scout and self._scouts.get(model, 0) < SCOUTS:
                 if current is Role.follower:
                     self._followers[model] -= 1
                 self._scouts[model] = self._scouts.get(model, 0) + 1
@@ -276,7 +278,8 @@ class PollSchedule:
                 status=status,
                 ceiling=self._ceiling,
             )
-        self.role = self._estimator.enlist(self._model, self.role)
+        queued = queue is not None and queue.queued_at_submit(self._prediction_id)
+        self.role = self._estimator.enlist(self._model, self.role, may_scout=not queued)
         if self.role is Role.follower:
             safety = follower_safety_pause(polls, self._ceiling, self._backoff)
             remaining = max(0.0, deadline - time.monotonic())

@@ -83,6 +83,9 @@ def test_roles_scouts_first_then_followers_promoted_when_a_scout_leaves() -> Non
     assert estimator.enlist("m", Role.follower) is Role.scout
     assert estimator.census("m") == (SCOUTS, 2)
     assert estimator.enlist("other", None) is Role.scout  # roles are per model
+    # A prediction waiting in the account's queue only follows, even with a scout's place free.
+    assert estimator.enlist("third", None, may_scout=False) is Role.follower
+    assert estimator.enlist("third", None) is Role.scout
 
 
 def test_followers_sleep_until_enough_durations_are_known() -> None:
