@@ -965,16 +965,19 @@ def queued_split(stats: dict[str, Any]) -> str:
     accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
     done, noticed = stats.get("completed_at") or {}, stats.get("first_completed_poll_at") or {}
     polls = stats.get("polls_by_prediction") or {}
+    first_poll = stats.get("first_poll_at") or {}
     queued = {pid for pid in started if pid in accepted and started[pid] - accepted[pid] > QUEUED_S}
     if not queued:
         return ""
     parts = []
     for label, group in (("queued", queued), ("not queued", set(started) - queued)):
         lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
-        if group and lags:
+        to_poll = sorted(first_poll[pid] - started[pid] for pid in group if pid in first_poll)
+        if group and lags and to_poll:
             parts.append(
                 f"{label} {len(group)}: {sum(polls.get(pid, 0) for pid in group) / len(group):.2f} polls, "
-                f"lag mean {sum(lags) / len(lags):.2f} s"
+                f"lag mean {sum(lags) / len(lags):.2f} s, started -> 1st poll median "
+                f"{to_poll[len(to_poll) // 2]:.2f} s"
             )
     return "; ".join(parts)
 
