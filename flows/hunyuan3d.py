@@ -19,6 +19,7 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
+from flows.durations import read_durations, seed_estimator, write_durations
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
 from flows.gctuning import fewer_gc_passes
@@ -391,6 +392,8 @@ async def generate_meshes(
             logger.info("removed %d staging file(s) and claim(s) left by runs that died", swept)
         progress = ProgressArtifact(len(runnable), f"Meshes from {manifest} into {output}")
         await progress.start()
+        saved_durations = await storage.small_io(read_durations, storage)
+        seed_estimator(client.durations, saved_durations, logger)
 
         async def tracked(entry: PreparedItem) -> ItemOutcome:
             outcome = await process_item(ctx, entry)
@@ -402,6 +405,7 @@ async def generate_meshes(
                 outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
         finally:
             await asyncio.to_thread(ctx.claims.release_all)
+            await storage.small_io(write_durations, storage, client.durations, saved_durations, logger)
 
     summary = RunSummary.build(
         manifest=manifest,

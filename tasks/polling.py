@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tasks.account_queue import AccountQueue
@@ -149,6 +150,25 @@ class DurationEstimator:
     def plan(self, model: str) -> PollPlan | None:
         with self._lock:
             return self._plans.get(model)
+
+    def seed(self, model: str, seconds: Iterable[float]) -> bool:
+        """Durations from an earlier run plan this run's polls until :data:`MIN_SAMPLES` of its own
+        are known, so that its first wave does not start cold (no scouts, no followers waiting on
+        them). Ignored once the model has its own. Returns whether a plan was made."""
+        usable = [value for value in seconds if value > 0 and math.isfinite(value)][-self._window :]
+        if len(usable) < MIN_SAMPLES:
+            return False
+        with self._lock:
+            if len(self._samples.get(model, ())) >= MIN_SAMPLES:
+                return False
+            self._plans[model] = plan_polls(usable, self._floor)
+        self._wake(model)
+        return True
+
+    def recent(self, limit: int) -> dict[str, list[float]]:
+        """The latest ``limit`` durations seen per model (for the next run's :meth:`seed`)."""
+        with self._lock:
+            return {model: list(samples)[-limit:] for model, samples in self._samples.items() if samples}
 
     # -- cold start ---------------------------------------------------------------------------
 
