@@ -937,7 +937,7 @@ def targets(results: list[Measured], args: argparse.Namespace) -> list[str]:
 
 
 PHASES = (
-    ("accepted -> started (queued)", "accepted_at", "started_at"),
+    ("accepted -> started", "accepted_at", "started_at"),
     ("accepted -> 1st poll", "accepted_at", "first_poll_at"),
     ("completed -> noticed", "completed_at", "first_completed_poll_at"),
     ("noticed -> download", "first_completed_poll_at", "first_download_at"),
@@ -1376,7 +1376,7 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         + (
             f"; the flow's --queue-headroom {args.flow_queue_headroom}"
             if args.flow_queue_headroom is not None
-            else "; the flow's queue headroom: its default (half of its concurrency)"
+            else "; the flow's queue headroom: its default (half of its concurrency, rounded up)"
         ),
         f"- Poll policy in tasks.settings (the flow may schedule its polls otherwise: see 'accepted -> "
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "

@@ -41,10 +41,12 @@ class SlotPool:
                 self._active += 1
 
     async def _watch_limit(self) -> None:
-        while self._queue:
-            await asyncio.sleep(_RECHECK_S)
-            self._grant()
-        self._watcher = None
+        try:
+            while self._queue:
+                await asyncio.sleep(_RECHECK_S)
+                self._grant()
+        finally:
+            self._watcher = None  # also when cancelled at shutdown: a restarted server starts another
 
     def _release(self) -> None:
         self._active -= 1
@@ -57,7 +59,7 @@ class SlotPool:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
         self._grant()
-        if not waiter.done() and self._watcher is None:
+        if not waiter.done() and (self._watcher is None or self._watcher.done()):
             self._watcher = asyncio.ensure_future(self._watch_limit())
         try:
             await waiter

@@ -246,8 +246,8 @@ async def generate_meshes(
             task limit (Bronze 2, Silver 300, Gold 3000).
         queue_headroom: Predictions submitted beyond `concurrency`, queued by WaveSpeed until a slot
             frees, so the account never idles while a finished one is downloaded and replaced (each is
-            billed at its submit like any other). Default: half of `concurrency`; 0: never more than
-            `concurrency`.
+            billed at its submit like any other). Default: half of `concurrency`, rounded up; 0: never
+            more than `concurrency`.
         storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
         inputs: Extra model inputs applied to every item.
         wait_timeout_s: Deadline per prediction in seconds; default from settings (900 s).
@@ -392,7 +392,7 @@ async def generate_meshes(
             logger.info("removed %d staging file(s) and claim(s) left by runs that died", swept)
         progress = ProgressArtifact(len(runnable), f"Meshes from {manifest} into {output}")
         await progress.start()
-        saved_durations = await storage.small_io(read_durations, storage)
+        saved_durations = await storage.small_io(read_durations, storage, settings.base_url, logger)
         seed_estimator(client.durations, saved_durations, logger)
 
         async def tracked(entry: PreparedItem) -> ItemOutcome:
@@ -405,7 +405,7 @@ async def generate_meshes(
                 outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
         finally:
             await asyncio.to_thread(ctx.claims.release_all)
-            await storage.small_io(write_durations, storage, client.durations, saved_durations, logger)
+            await storage.small_io(write_durations, storage, client.durations, settings.base_url, logger)
 
     summary = RunSummary.build(
         manifest=manifest,

@@ -29,7 +29,8 @@ QueueHeadroomParam = Annotated[
         le=10_000,
         description="Predictions submitted beyond `concurrency`, queued by WaveSpeed until a slot frees, "
         "so the account never idles while a finished one is downloaded and replaced (each is billed at its "
-        "submit like any other). Default: half of `concurrency`; 0: never more than `concurrency`.",
+        "submit like any other). Default: half of `concurrency`, rounded up; 0: never more than "
+        "`concurrency`.",
     ),
 ]
 StorageOptionsParam = Annotated[

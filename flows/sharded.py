@@ -524,7 +524,7 @@ async def generate_meshes_sharded(
     ] = 2,
     queue_headroom: Annotated[
         QueueHeadroomParam,
-        Field(description="Predictions queued beyond `concurrency` per chunk; default: half."),
+        Field(description="Predictions queued beyond `concurrency` per chunk; default: half, rounded up."),
     ] = None,
     storage_options: StorageOptionsParam = None,
     inputs: InputsParam = None,
@@ -589,7 +589,7 @@ async def generate_meshes_sharded(
             limit when one chunk runs at a time); with the headroom, also the size of the global in-flight
             limit when it has to be created.
         queue_headroom: Predictions submitted beyond `concurrency` per chunk, queued by WaveSpeed until a
-            slot frees; default: half of `concurrency`; 0: never more than `concurrency`.
+            slot frees; default: half of `concurrency`, rounded up; 0: never more than `concurrency`.
         storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
         inputs: Extra model inputs applied to every item.
         wait_timeout_s: Deadline per prediction; default from the workers' settings.

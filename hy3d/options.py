@@ -72,7 +72,7 @@ def add_concurrency_options(parser: argparse.ArgumentParser, *, per: str = "") -
         default=None,
         metavar="N",
         help=f"Predictions submitted beyond --concurrency{per}, queued by WaveSpeed until a slot frees, so "
-        "the account never idles between items (default: half of --concurrency; 0: none).",
+        "the account never idles between items (default: half of --concurrency, rounded up; 0: none).",
     )
 
 

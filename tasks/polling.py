@@ -41,6 +41,7 @@ SCOUTS = 4  # waits per model that poll early while no duration is known
 PLAN_POLL_BUDGET = 1.8  # expected polls per prediction allowed to the plan (the target is <= 3)
 SCOUT_POLL_SHARE = 0.5  # extra polls per waiting prediction that the scouts may spend
 FOLLOWER_SAFETY_FACTOR = 4.0  # a follower polls anyway after this many poll_max_interval_s
+SEED_AGREES = (0.5, 2.0)  # a run's own duration outside these times the seed's median drops the seed
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class DurationEstimator:
         self._floor = floor
         self._samples: dict[str, deque[float]] = {}
         self._plans: dict[str, PollPlan] = {}
+        self._seeded: dict[str, float] = {}  # models planned from an earlier run: its median
         self._added_since_plan: dict[str, int] = {}
         self._scouts: dict[str, int] = {}
         self._followers: dict[str, int] = {}
@@ -133,6 +135,11 @@ class DurationEstimator:
         with self._lock:
             samples = self._samples.setdefault(model, deque(maxlen=self._window))
             samples.append(seconds)
+            seeded = self._seeded.get(model)
+            if seeded is not None and not SEED_AGREES[0] * seeded <= seconds <= SEED_AGREES[1] * seeded:
+                # The earlier run's durations are wrong for this one: back to a cold start.
+                del self._seeded[model]
+                self._plans.pop(model, None)
             added = self._added_since_plan.get(model, 0) + 1
             self._added_since_plan[model] = added
             # Re-plan on every sample while few are known, then every 1/16th of the window.
@@ -140,6 +147,7 @@ class DurationEstimator:
                 model not in self._plans or added >= max(1, len(samples) // 16)
             ):
                 self._plans[model] = plan_polls(list(samples), self._floor)
+                self._seeded.pop(model, None)
                 self._added_since_plan[model] = 0
                 learned = True
             else:
@@ -154,14 +162,17 @@ class DurationEstimator:
     def seed(self, model: str, seconds: Iterable[float]) -> bool:
         """Durations from an earlier run plan this run's polls until :data:`MIN_SAMPLES` of its own
         are known, so that its first wave does not start cold (no scouts, no followers waiting on
-        them). Ignored once the model has its own. Returns whether a plan was made."""
+        them). Dropped at once when one of the run's own falls outside :data:`SEED_AGREES` times
+        their median (a seed far too short would have every prediction polled every floor).
+        Ignored once the model has its own. Returns whether a plan was made."""
         usable = [value for value in seconds if value > 0 and math.isfinite(value)][-self._window :]
         if len(usable) < MIN_SAMPLES:
             return False
         with self._lock:
             if len(self._samples.get(model, ())) >= MIN_SAMPLES:
                 return False
-            self._plans[model] = plan_polls(usable, self._floor)
+            plan = self._plans[model] = plan_polls(usable, self._floor)
+            self._seeded[model] = plan.median_s
         self._wake(model)
         return True
 

@@ -118,3 +118,28 @@ def test_queued_predictions_are_polled_from_their_expected_start(
         assert statistics.mean(lags.values()) <= 0.5, lags
     else:
         assert polls >= 2.5, polls  # what the model saves: it must stay measurable here
+
+
+def test_finished_predictions_hold_no_chain_and_a_refuted_model_forgets_everything() -> None:
+    """Over a long run only the predictions still waited on may stay referenced (a chain of links
+    back through history kept 100,000 entries alive after 100,000 predictions)."""
+    queue = AccountQueue(2)
+    for index in range(1000):
+        queue.accepted(f"p{index}", float(index))
+        if index >= 4:
+            queue.finished(f"p{index - 4}", float(index))
+    live = [queue._entries[f"p{index}"] for index in range(996, 1000)]
+    reachable, frontier = set(), [entry.after for entry in live]
+    while frontier:
+        entry = frontier.pop()
+        if entry is not None and id(entry) not in reachable:
+            reachable.add(id(entry))
+            frontier.append(entry.after)
+    assert len(reachable) <= 4
+
+    for name in ("p997", "p998", "p999"):
+        queue.observe_probe(name, "processing")
+    assert queue.confirmed is False
+    assert not queue.queued_at_submit("p999")  # so it may scout again
+    queue.accepted("late", 2000.0)
+    assert queue.waiting_entries == 0

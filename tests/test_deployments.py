@@ -222,7 +222,7 @@ def test_run_form_schema_has_typed_described_parameters(deployed: Deployed, pref
         assert properties[name]["type"] == json_type, name
         assert (name in required) is is_required, name
     assert properties["concurrency"]["minimum"] == 1
-    # Optional (null: half of concurrency), never negative.
+    # Optional (null: half of concurrency, rounded up), never negative.
     assert properties["queue_headroom"]["description"]
     assert {"type": "integer", "minimum": 0, "maximum": 10_000} in properties["queue_headroom"]["anyOf"]
     assert properties["model"]["default"] == "wavespeed-ai/hunyuan3d/v2-mini"
