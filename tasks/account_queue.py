@@ -24,7 +24,6 @@ processing (the account allows more than the run's ``concurrency``) counts again
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -84,10 +83,6 @@ class AccountQueue:
             self._entries.pop(prediction_id, None)
             if entry is not None:
                 entry.finished = at
-                if entry.start is None and not entry.queued:
-                    entry.start = entry.accepted
-                # Its successors need only its end from now on: no chain back through history.
-                entry.after = None
 
     def queued_at_submit(self, prediction_id: str) -> bool:
         """Whether the model put this prediction in the account's queue when it was accepted."""
@@ -111,7 +106,9 @@ class AccountQueue:
             self._refuted += 1
             if self._refuted >= REFUTATIONS:
                 self._confirmed = False
-                self._unfinished.clear()  # nothing is timed from the model any more
+                # Nothing is timed from the model any more; without this the links between
+                # entries whose start was never asked for would keep every one of them alive.
+                self._unfinished.clear()
                 self._entries.clear()
 
     def expected_start(self, prediction_id: str, median_s: float) -> float | None:
@@ -134,12 +131,12 @@ def _start(entry: _Entry, median_s: float) -> float:
     while entry.start is None and entry.after is not None:
         chain.append(entry)
         entry = entry.after
-    if entry.start is None and entry.finished is None:
-        entry.start = entry.accepted  # it waits for nobody
+    if entry.start is None:
+        entry.start = entry.accepted
     for waiting in reversed(chain):
         ahead = waiting.after
-        assert ahead is not None
-        end = math.inf if ahead.start is None else ahead.start + median_s
+        assert ahead is not None and ahead.start is not None
+        end = ahead.start + median_s
         if ahead.finished is not None:
             end = min(end, ahead.finished)
         waiting.start = max(waiting.accepted, end)

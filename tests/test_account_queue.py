@@ -120,14 +120,15 @@ def test_queued_predictions_are_polled_from_their_expected_start(
         assert polls >= 2.5, polls  # what the model saves: it must stay measurable here
 
 
-def test_finished_predictions_hold_no_chain_and_a_refuted_model_forgets_everything() -> None:
-    """Over a long run only the predictions still waited on may stay referenced (a chain of links
-    back through history kept 100,000 entries alive after 100,000 predictions)."""
-    queue = AccountQueue(2)
-    for index in range(1000):
+def test_only_predictions_still_waited_on_stay_referenced() -> None:
+    """An expected start, once given, drops the link to the prediction ahead, and a refuted model
+    forgets everything: over a long run no chain of links reaches back through history (one kept
+    100,000 entries alive after 100,000 predictions)."""
+    queue = confirmed_queue(2, ["p0", "p1", "p2", "p3"])
+    for index in range(4, 1000):
         queue.accepted(f"p{index}", float(index))
-        if index >= 4:
-            queue.finished(f"p{index - 4}", float(index))
+        queue.expected_start(f"p{index}", 10.0)  # what each wait asks for before its first poll
+        queue.finished(f"p{index - 4}", float(index))
     live = [queue._entries[f"p{index}"] for index in range(996, 1000)]
     reachable, frontier = set(), [entry.after for entry in live]
     while frontier:
@@ -137,9 +138,15 @@ def test_finished_predictions_hold_no_chain_and_a_refuted_model_forgets_everythi
             frontier.append(entry.after)
     assert len(reachable) <= 4
 
-    for name in ("p997", "p998", "p999"):
+
+def test_a_refuted_model_forgets_everything_and_lets_queued_predictions_scout() -> None:
+    queue = AccountQueue(1)
+    for index in range(1000):
+        queue.accepted(f"p{index}", float(index))  # never asked for a start: links everywhere
+    for name in ("p1", "p2", "p3"):
         queue.observe_probe(name, "processing")
     assert queue.confirmed is False
-    assert not queue.queued_at_submit("p999")  # so it may scout again
+    assert queue.waiting_entries == 0
+    assert not queue.queued_at_submit("p999")
     queue.accepted("late", 2000.0)
     assert queue.waiting_entries == 0
