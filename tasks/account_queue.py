@@ -49,7 +49,6 @@ class AccountQueue:
             raise ValueError("an account runs at least one prediction at once")
         self.slots = slots
         self._unfinished: OrderedDict[str, _Entry] = OrderedDict()  # in accept order
-        self._entries: dict[str, _Entry] = {}
         self._confirmed: bool | None = None  # None: not known yet whether the account queues
         self._refuted = 0
         self._lock = threading.Lock()
@@ -74,20 +73,18 @@ class AccountQueue:
                 after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
             entry = _Entry(at, after, queued=after is not None)
             self._unfinished[prediction_id] = entry
-            self._entries[prediction_id] = entry
 
     def finished(self, prediction_id: str, at: float) -> None:
         """Noticed terminal, or no longer waited for (its slot is then assumed free)."""
         with self._lock:
             entry = self._unfinished.pop(prediction_id, None)
-            self._entries.pop(prediction_id, None)
             if entry is not None:
                 entry.finished = at
 
     def queued_at_submit(self, prediction_id: str) -> bool:
         """Whether the model put this prediction in the account's queue when it was accepted."""
         with self._lock:
-            entry = self._entries.get(prediction_id)
+            entry = self._unfinished.get(prediction_id)
             return entry is not None and entry.queued
 
     def needs_probe(self, prediction_id: str) -> bool:
@@ -98,7 +95,7 @@ class AccountQueue:
         """The answer to a probe: ``created`` means the account does queue what the run submits
         beyond ``slots``; anything else, that it ran it at once."""
         with self._lock:
-            if self._confirmed is not None or prediction_id not in self._entries:
+            if self._confirmed is not None or prediction_id not in self._unfinished:
                 return
             if status == "created":
                 self._confirmed = True
@@ -109,13 +106,12 @@ class AccountQueue:
                 # Nothing is timed from the model any more; without this the links between
                 # entries whose start was never asked for would keep every one of them alive.
                 self._unfinished.clear()
-                self._entries.clear()
 
     def expected_start(self, prediction_id: str, median_s: float) -> float | None:
         """When the prediction should start processing (``time.monotonic()``), or None when the
         model does not apply (unknown prediction, or the account not seen queueing)."""
         with self._lock:
-            entry = self._entries.get(prediction_id)
+            entry = self._unfinished.get(prediction_id)
             if entry is None or not self._confirmed:
                 return None
             return _start(entry, median_s)

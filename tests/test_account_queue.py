@@ -129,7 +129,7 @@ def test_only_predictions_still_waited_on_stay_referenced() -> None:
         queue.accepted(f"p{index}", float(index))
         queue.expected_start(f"p{index}", 10.0)  # what each wait asks for before its first poll
         queue.finished(f"p{index - 4}", float(index))
-    live = [queue._entries[f"p{index}"] for index in range(996, 1000)]
+    live = [queue._unfinished[f"p{index}"] for index in range(996, 1000)]
     reachable, frontier = set(), [entry.after for entry in live]
     while frontier:
         entry = frontier.pop()
