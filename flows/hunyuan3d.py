@@ -300,8 +300,10 @@ async def generate_meshes(
             )
         storage = await asyncio.to_thread(_writable_storage, output, options)
         submit_task = await _submit_task(cache_storage_block)
-        in_flight = concurrency + queue_headroom_for(concurrency, queue_headroom)
-        await _ensure_limits(concurrency_limit_name, in_flight, rate_limit_name, submits_per_minute)
+        headroom = queue_headroom_for(concurrency, queue_headroom)
+        await _ensure_limits(
+            concurrency_limit_name, concurrency + headroom, rate_limit_name, submits_per_minute
+        )
     except (
         MissingAPIKeyError,
         CredentialsBlockNotFoundError,
@@ -317,8 +319,7 @@ async def generate_meshes(
         logger.warning(warning)
     run_id = flow_run.get_id()
     # With queue headroom the client times each queued prediction's polls from its expected start.
-    account_slots = concurrency if in_flight > concurrency else None
-    async with WaveSpeedClient(settings, account_slots=account_slots) as client:
+    async with WaveSpeedClient(settings, account_slots=concurrency if headroom else None) as client:
         try:
             await client.check_access()  # a wrong key costs one request, not one per item
         except AuthenticationError as exc:
@@ -369,7 +370,7 @@ async def generate_meshes(
             claims=ClaimRegistry(storage, run=run_id or uuid.uuid4().hex, lease_s=lease_s),
             storage_options=options,
             concurrency=concurrency,
-            queue_headroom=in_flight - concurrency,
+            queue_headroom=headroom,
             wait_timeout_s=wait_timeout_s,
             logger=logger,
             manifest=manifest,
