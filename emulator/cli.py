@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("processing")
     work.add_argument("--latency", type=float, default=d.latency_s, help="processing seconds")
     work.add_argument("--jitter", type=float, default=d.jitter_s, help="+/- seconds around --latency")
+    work.add_argument(
+        "--submit-answer-delay",
+        type=float,
+        default=d.submit_answer_delay_s,
+        help="hold each submit's answer up to this many seconds (answers then overtake each other)",
+    )
     work.add_argument("--failure-rate", type=_rate, default=d.failure_rate, help="share of tasks that fail")
     work.add_argument(
         "--failure-codes",
@@ -142,6 +148,7 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         max_submits_per_minute=get("max_submits_per_minute", None),
         latency_s=get("latency", d.latency_s),
         jitter_s=get("jitter", d.jitter_s),
+        submit_answer_delay_s=get("submit_answer_delay", d.submit_answer_delay_s),
         failure_rate=get("failure_rate", d.failure_rate),
         failure_codes=tuple(get("failure_codes", d.failure_codes)),
         image_fetch_timeout_s=get("image_fetch_timeout", d.image_fetch_timeout_s),

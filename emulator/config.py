@@ -31,6 +31,9 @@ class EmulatorConfig:
     exceeds the balance answers HTTP 403 (the real status is undocumented)."""
     max_concurrency: int = 2
     """Tasks processing at once; beyond it tasks stay `created` (FIFO). <= 0 means unlimited."""
+    submit_answer_delay_s: float = 0.0
+    """Each submit's answer is held a random time in [0, this] after the prediction is accepted, so
+    concurrent submits are answered in another order than they were accepted (as over a network)."""
     max_submits_per_minute: int | None = None
     """Sliding-window submit rate limit (HTTP 429 beyond it); None disables it."""
 

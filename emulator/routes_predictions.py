@@ -122,6 +122,8 @@ class PredictionRoutes:
                 return server_fault(fault_status, config)
 
         prediction = self._accept(request, spec, body, price, webhook)
+        if config.submit_answer_delay_s > 0:
+            await asyncio.sleep(state.rng.uniform(0.0, config.submit_answer_delay_s))
         if fault_status is not None:
             state.stats.record_fault(f"submit_{fault_status}_accepted")
             return server_fault(fault_status, config)

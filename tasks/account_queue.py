@@ -15,6 +15,10 @@ notice lags); they are the oldest, so counting them keeps the position right. Th
 end is its own expected start + the median duration, or its notice less the usual notice lag when
 that came first (see :func:`_start`).
 
+Submits in flight together may be answered in another order than the server accepted them, so
+the order is the server's (each prediction's ``created_at``), not the order of the answers: by the
+answers, a run of three on two slots took the first-accepted prediction for the queued one.
+
 The model is only trusted once the account is seen queueing: the first predictions it places in
 the queue make one early poll (a *probe*). ``created`` confirms it; an answer that it is already
 processing (the account allows more than the run's ``concurrency``) counts against it, and after
@@ -33,11 +37,14 @@ REFUTATIONS = 3  # probes answering "not queued" before the model is switched of
 
 @dataclass
 class _Entry:
+    """A place in the account's order of arrival, and (``created_ns``) who holds it."""
+
     accepted: float  # time.monotonic() of the accepted submit
     after: _Entry | None  # the prediction whose end frees the slot this one waits for (until start)
     queued: bool  # accepted behind the account's slots
     start: float | None = None  # expected start, fixed when first asked for
     finished: float | None = None  # when it likely ended (noticed terminal, less the usual lag)
+    created_ns: int | None = None  # the server's acceptance time of the holder, when known
 
 
 class AccountQueue:
@@ -63,7 +70,8 @@ class AccountQueue:
         with self._lock:
             return len(self._unfinished)
 
-    def accepted(self, prediction_id: str, at: float) -> None:
+    def accepted(self, prediction_id: str, at: float, created_ns: int | None = None) -> None:
+        """A submit was answered at ``at``; the server accepted it at ``created_ns`` if known."""
         with self._lock:
             if self._confirmed is False:
                 return
@@ -71,8 +79,31 @@ class AccountQueue:
             after = None
             if ahead >= self.slots:
                 after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
-            entry = _Entry(at, after, queued=after is not None)
-            self._unfinished[prediction_id] = entry
+            entry = _Entry(at, after, queued=after is not None, created_ns=created_ns)
+            overtaken = self._accepted_later(created_ns)
+            if not overtaken:
+                self._unfinished[prediction_id] = entry
+                return
+            # Answers overtook this one: the places in the order stay as they are (each was placed
+            # by how many were ahead of it), but each holder moves one place back, and this
+            # prediction takes the place of the first it should have preceded.
+            places = [self._unfinished.pop(pid) for pid in overtaken] + [entry]
+            stamps = [created_ns] + [place.created_ns for place in places[:-1]]
+            for holder, place, stamp in zip([prediction_id, *overtaken], places, stamps, strict=True):
+                place.created_ns = stamp
+                self._unfinished[holder] = place
+
+    def _accepted_later(self, created_ns: int | None) -> list[str]:
+        """The predictions at the end of the order that the server accepted after ``created_ns``."""
+        later: list[str] = []
+        if created_ns is None:
+            return later
+        for pid, entry in reversed(self._unfinished.items()):
+            if entry.created_ns is None or entry.created_ns <= created_ns:
+                break
+            later.append(pid)
+        later.reverse()
+        return later
 
     def finished(self, prediction_id: str, at: float) -> None:
         """Noticed terminal, or no longer waited for (its slot is then assumed free)."""
@@ -93,13 +124,20 @@ class AccountQueue:
 
     def observe_probe(self, prediction_id: str, status: str) -> None:
         """The answer to a probe: ``created`` means the account does queue what the run submits
-        beyond ``slots``; anything else, that it ran it at once."""
+        beyond ``slots``; anything else, that it ran it at once (the prediction has started, so
+        it no longer waits for anyone)."""
         with self._lock:
-            if self._confirmed is not None or prediction_id not in self._unfinished:
+            entry = self._unfinished.get(prediction_id)
+            if self._confirmed is not None or entry is None:
                 return
             if status == "created":
                 self._confirmed = True
                 return
+            if not entry.queued:  # moved to a place within the slots since it probed
+                return
+            entry.queued, entry.after = False, None
+            if entry.start is None:
+                entry.start = entry.accepted
             self._refuted += 1
             if self._refuted >= REFUTATIONS:
                 self._confirmed = False

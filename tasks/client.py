@@ -275,7 +275,7 @@ class WaveSpeedClient:
             raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
         accepted_at = self._accepted_at[prediction.id] = time.monotonic()
         if self.account_queue is not None:
-            self.account_queue.accepted(prediction.id, accepted_at)
+            self.account_queue.accepted(prediction.id, accepted_at, prediction.created_ns)
         while len(self._accepted_at) > ACCEPTED_AT_KEPT:  # ids never waited on here
             forgotten = next(iter(self._accepted_at))
             self._accepted_at.pop(forgotten)

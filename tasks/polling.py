@@ -187,7 +187,16 @@ class DurationEstimator:
         """The role of a wait that finds no plan: a scout while fewer than :data:`SCOUTS` are
         scouting, else a follower (a follower is promoted when a scout leaves). A prediction
         waiting in the account's queue (``may_scout=False``) only follows: it would poll for a
-        whole queue wait before it could learn anything."""
+        whole queue wait before it could learn anything. A scout found to be queued after all
+        (an answer that overtook others placed it wrongly) steps down for another."""
+        with self._lock:
+            demoted = current is Role.scout and not may_scout
+            if demoted:
+                self._scouts[model] = max(0, self._scouts.get(model, 0) - 1)
+                self._followers[model] = self._followers.get(model, 0) + 1
+        if demoted:
+            self._wake(model)  # a follower may take its place
+            return Role.follower
         with self._lock:
             if current is Role.scout:
                 return current

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -12,6 +14,26 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout", "d
 
 # Task error codes (data.code) after which a new submit of the same input may succeed.
 TRANSIENT_TASK_CODES = frozenset({5000, 5003, 5004})
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def rfc3339_to_ns(text: str) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp (any number of fraction digits; no
+    zone means UTC), or None when it is not one. ``datetime`` alone keeps only microseconds, too
+    coarse to order predictions accepted in the same microsecond burst."""
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        return None
+    day, clock, fraction, zone = match.groups()
+    offset = "+00:00" if zone is None or zone in "Zz" else zone
+    try:
+        moment = datetime.fromisoformat(f"{day}T{clock}{offset}")
+    except ValueError:
+        return None
+    whole_seconds = int((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+    return whole_seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
 class Prediction(BaseModel):
@@ -37,6 +59,11 @@ class Prediction(BaseModel):
     @classmethod
     def _none_to_zero(cls, value: Any) -> Any:
         return 0 if value is None else value
+
+    @property
+    def created_ns(self) -> int | None:
+        """When the server accepted it (ns since the epoch), if it said so readably."""
+        return rfc3339_to_ns(self.created_at) if self.created_at else None
 
     @property
     def is_terminal(self) -> bool:

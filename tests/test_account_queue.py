@@ -83,6 +83,43 @@ def test_the_model_waits_for_a_probe_and_is_switched_off_by_refutations() -> Non
     assert queue.expected_start(names[-1], 5.0) is None
 
 
+def test_the_order_is_the_servers_not_the_order_of_the_answers() -> None:
+    """Three submits on two slots, answered c, b, a although the server accepted a, b, c: c is the
+    one that waits (for a), whatever order the answers came in."""
+    queue = AccountQueue(2)
+    queue.accepted("c", 0.03, created_ns=3)
+    queue.accepted("b", 0.04, created_ns=2)
+    queue.accepted("a", 0.05, created_ns=1)
+    assert [queue.queued_at_submit(name) for name in "abc"] == [False, False, True]
+    queue.observe_probe("c", "created")
+    assert queue.confirmed is True
+    queue.finished("a", 7.0)
+    assert queue.expected_start("c", 10.0) == 7.0
+    queue.accepted("d", 8.0, created_ns=4)  # b c unfinished: d waits for b
+    assert queue.expected_start("d", 10.0) == pytest.approx(10.04)  # b started at once (~0.04)
+
+
+def test_answers_without_a_readable_creation_time_keep_their_order() -> None:
+    queue = AccountQueue(1)
+    queue.accepted("a", 0.0, created_ns=5)
+    queue.accepted("b", 0.1)
+    queue.accepted("c", 0.2, created_ns=1)  # b's time unknown: nothing to reorder against
+    assert [queue.queued_at_submit(name) for name in "abc"] == [False, True, True]
+
+
+def test_a_probe_found_processing_no_longer_waits_for_anyone() -> None:
+    queue = AccountQueue(1)
+    queue.accepted("a", 0.0, created_ns=1)
+    queue.accepted("b", 1.0, created_ns=3)
+    queue.observe_probe("b", "processing")  # a finished unnoticed, or the account has more slots
+    assert not queue.queued_at_submit("b")  # so it may scout instead of waiting to be told
+    queue.accepted("x", 1.5, created_ns=2)  # answered late: it takes b's place, b moves back
+    assert not queue.queued_at_submit("x") and queue.queued_at_submit("b")
+    queue.observe_probe("x", "processing")  # its place is not a queued one: no evidence
+    queue.observe_probe("b", "processing")
+    assert queue.confirmed is None  # two refutations counted, not three
+
+
 def test_slots_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one"):
         AccountQueue(0)

@@ -86,6 +86,10 @@ def test_roles_scouts_first_then_followers_promoted_when_a_scout_leaves() -> Non
     # A prediction waiting in the account's queue only follows, even with a scout's place free.
     assert estimator.enlist("third", None, may_scout=False) is Role.follower
     assert estimator.enlist("third", None) is Role.scout
+    # A scout later found to be queued steps down, and its place goes to another.
+    assert estimator.enlist("third", Role.scout, may_scout=False) is Role.follower
+    assert estimator.census("third") == (0, 2)
+    assert estimator.enlist("third", Role.follower) is Role.scout
 
 
 def test_followers_sleep_until_enough_durations_are_known() -> None:
