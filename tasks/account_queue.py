@@ -39,9 +39,9 @@ REFUTATIONS = 3  # probes answering "not queued" before the model is switched of
 class _Entry:
     """A place in the account's order of arrival, and (``created_ns``) who holds it."""
 
-    accepted: float  # time.monotonic() of the accepted submit
-    after: _Entry | None  # the prediction whose end frees the slot this one waits for (until start)
-    queued: bool  # accepted behind the account's slots
+    accepted: float  # time.monotonic() of the answer that made this place (places stay in answer order)
+    after: _Entry | None  # the place whose end frees the slot this one waits for (until start)
+    queued: bool  # behind the account's slots when the place was made
     start: float | None = None  # expected start, fixed when first asked for
     finished: float | None = None  # when it likely ended (noticed terminal, less the usual lag)
     created_ns: int | None = None  # the server's acceptance time of the holder, when known
@@ -55,7 +55,8 @@ class AccountQueue:
         if slots < 1:
             raise ValueError("an account runs at least one prediction at once")
         self.slots = slots
-        self._unfinished: OrderedDict[str, _Entry] = OrderedDict()  # in accept order
+        # In the server's order of acceptance where known, else in the order of the answers.
+        self._unfinished: OrderedDict[str, _Entry] = OrderedDict()
         self._confirmed: bool | None = None  # None: not known yet whether the account queues
         self._refuted = 0
         self._lock = threading.Lock()
@@ -70,8 +71,11 @@ class AccountQueue:
         with self._lock:
             return len(self._unfinished)
 
-    def accepted(self, prediction_id: str, at: float, created_ns: int | None = None) -> None:
-        """A submit was answered at ``at``; the server accepted it at ``created_ns`` if known."""
+    def accepted(
+        self, prediction_id: str, at: float, created_ns: int | None = None, sent_at: float | None = None
+    ) -> None:
+        """A submit sent at ``sent_at`` was answered at ``at`` (``time.monotonic()``); the server
+        accepted it at ``created_ns`` (its clock), if known."""
         with self._lock:
             if self._confirmed is False:
                 return
@@ -80,7 +84,7 @@ class AccountQueue:
             if ahead >= self.slots:
                 after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
             entry = _Entry(at, after, queued=after is not None, created_ns=created_ns)
-            overtaken = self._accepted_later(created_ns)
+            overtaken = self._accepted_later(created_ns, sent_at)
             if not overtaken:
                 self._unfinished[prediction_id] = entry
                 return
@@ -93,13 +97,17 @@ class AccountQueue:
                 place.created_ns = stamp
                 self._unfinished[holder] = place
 
-    def _accepted_later(self, created_ns: int | None) -> list[str]:
-        """The predictions at the end of the order that the server accepted after ``created_ns``."""
+    def _accepted_later(self, created_ns: int | None, sent_at: float | None) -> list[str]:
+        """The predictions at the end of the order that the server accepted after ``created_ns``.
+        Only those answered after this submit was sent: one answered before cannot have been
+        accepted after it, whatever the stamps say (servers' clocks may disagree)."""
         later: list[str] = []
         if created_ns is None:
             return later
         for pid, entry in reversed(self._unfinished.items()):
             if entry.created_ns is None or entry.created_ns <= created_ns:
+                break
+            if sent_at is not None and entry.accepted < sent_at:
                 break
             later.append(pid)
         later.reverse()
@@ -112,20 +120,21 @@ class AccountQueue:
             if entry is not None:
                 entry.finished = at
 
-    def queued_at_submit(self, prediction_id: str) -> bool:
-        """Whether the model put this prediction in the account's queue when it was accepted."""
+    def is_queued(self, prediction_id: str) -> bool:
+        """Whether the model has this prediction waiting in the account's queue (its place may
+        change while answers that overtook each other are put in order)."""
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             return entry is not None and entry.queued
 
     def needs_probe(self, prediction_id: str) -> bool:
         """A queued prediction makes one early poll while nobody knows whether the account queues."""
-        return self._confirmed is None and self.queued_at_submit(prediction_id)
+        return self._confirmed is None and self.is_queued(prediction_id)
 
     def observe_probe(self, prediction_id: str, status: str) -> None:
-        """The answer to a probe: ``created`` means the account does queue what the run submits
-        beyond ``slots``; anything else, that it ran it at once (the prediction has started, so
-        it no longer waits for anyone)."""
+        """The answer to a probe: ``created`` means the account queues (wherever the model now
+        places the prediction: a queue is a queue); anything else, that it ran it at once, which
+        counts against the model only while the model still places it in the queue."""
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             if self._confirmed is not None or entry is None:
@@ -135,9 +144,6 @@ class AccountQueue:
                 return
             if not entry.queued:  # moved to a place within the slots since it probed
                 return
-            entry.queued, entry.after = False, None
-            if entry.start is None:
-                entry.start = entry.accepted
             self._refuted += 1
             if self._refuted >= REFUTATIONS:
                 self._confirmed = False

@@ -259,6 +259,7 @@ class WaveSpeedClient:
                 self._submits.build_request("POST", path, json=dict(inputs)), via=self._submits
             )
 
+        sent_at = time.monotonic()
         try:
             data = await retry_async(
                 attempt, on=is_retry_safe, policy=self.retry_policy, what=f"submit {model}"
@@ -275,7 +276,7 @@ class WaveSpeedClient:
             raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
         accepted_at = self._accepted_at[prediction.id] = time.monotonic()
         if self.account_queue is not None:
-            self.account_queue.accepted(prediction.id, accepted_at, prediction.created_ns)
+            self.account_queue.accepted(prediction.id, accepted_at, prediction.created_ns, sent_at)
         while len(self._accepted_at) > ACCEPTED_AT_KEPT:  # ids never waited on here
             forgotten = next(iter(self._accepted_at))
             self._accepted_at.pop(forgotten)

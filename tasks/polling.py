@@ -189,12 +189,10 @@ class DurationEstimator:
         waiting in the account's queue (``may_scout=False``) only follows: it would poll for a
         whole queue wait before it could learn anything. A scout found to be queued after all
         (an answer that overtook others placed it wrongly) steps down for another."""
-        with self._lock:
-            demoted = current is Role.scout and not may_scout
-            if demoted:
+        if current is Role.scout and not may_scout:
+            with self._lock:
                 self._scouts[model] = max(0, self._scouts.get(model, 0) - 1)
                 self._followers[model] = self._followers.get(model, 0) + 1
-        if demoted:
             self._wake(model)  # a follower may take its place
             return Role.follower
         with self._lock:
@@ -282,6 +280,7 @@ class PollSchedule:
         self._queue, self._prediction_id = queue, prediction_id
         self._probes = 0  # polls made as a probe of the account's queue (not part of the plan)
         self._probing = False
+        self._seen_started = False  # a poll found it past `created`: it waits in no queue
         self.role: Role | None = None
 
     def expected_lag_s(self) -> float:
@@ -296,6 +295,8 @@ class PollSchedule:
         if self._probing and self._queue is not None:
             self._queue.observe_probe(self._prediction_id, status)
             self._probing = False
+        if status != "created":
+            self._seen_started = True
 
     async def next_pause(self, polls: int, status: str, deadline: float) -> float | None:
         """Seconds to sleep before the next poll, or None after a follower slept until news of
@@ -304,7 +305,8 @@ class PollSchedule:
         elapsed = now - self._origin
         if self._model is None:
             return growing_pause(polls, self._floor, self._backoff, self._ceiling)
-        queue = self._queue
+        # Once seen started, the prediction is timed from its submit, whatever the model says.
+        queue = self._queue if not self._seen_started else None
         if polls == 0 and queue is not None and queue.needs_probe(self._prediction_id):
             self._probes, self._probing = 1, True
             return max(0.0, self._floor - elapsed)
@@ -318,7 +320,7 @@ class PollSchedule:
                 status=status,
                 ceiling=self._ceiling,
             )
-        queued = queue is not None and queue.queued_at_submit(self._prediction_id)
+        queued = queue is not None and queue.is_queued(self._prediction_id)
         self.role = self._estimator.enlist(self._model, self.role, may_scout=not queued)
         if self.role is Role.follower:
             safety = follower_safety_pause(polls, self._ceiling, self._backoff)

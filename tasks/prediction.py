@@ -16,7 +16,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout", "d
 TRANSIENT_TASK_CODES = frozenset({5000, 5003, 5004})
 
 
-_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})?")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:?\d{2})?")
 
 
 def rfc3339_to_ns(text: str) -> int | None:
@@ -27,7 +27,7 @@ def rfc3339_to_ns(text: str) -> int | None:
     if match is None:
         return None
     day, clock, fraction, zone = match.groups()
-    offset = "+00:00" if zone is None or zone in "Zz" else zone
+    offset = "+00:00" if zone is None or zone in "Zz" else f"{zone[:3]}:{zone[-2:]}"
     try:
         moment = datetime.fromisoformat(f"{day}T{clock}{offset}")
     except ValueError:

@@ -27,7 +27,7 @@ def confirmed_queue(slots: int, accepted: list[str]) -> AccountQueue:
 
 def test_beyond_the_slots_a_prediction_starts_when_the_one_ahead_of_it_ends() -> None:
     queue = confirmed_queue(2, ["a", "b", "c", "d", "e"])
-    assert not queue.queued_at_submit("a") and not queue.queued_at_submit("b")
+    assert not queue.is_queued("a") and not queue.is_queued("b")
     assert queue.expected_start("a", 10.0) == 0.0
     assert queue.expected_start("c", 10.0) == 10.0  # after a
     assert queue.expected_start("d", 10.0) == 10.0  # after b
@@ -66,7 +66,7 @@ def test_within_the_slots_nothing_is_queued_or_probed() -> None:
         assert not queue.needs_probe(name)
     queue.finished("a", 2.0)
     queue.accepted("d", 3.0)
-    assert not queue.queued_at_submit("d")
+    assert not queue.is_queued("d")
 
 
 def test_the_model_waits_for_a_probe_and_is_switched_off_by_refutations() -> None:
@@ -90,7 +90,7 @@ def test_the_order_is_the_servers_not_the_order_of_the_answers() -> None:
     queue.accepted("c", 0.03, created_ns=3)
     queue.accepted("b", 0.04, created_ns=2)
     queue.accepted("a", 0.05, created_ns=1)
-    assert [queue.queued_at_submit(name) for name in "abc"] == [False, False, True]
+    assert [queue.is_queued(name) for name in "abc"] == [False, False, True]
     queue.observe_probe("c", "created")
     assert queue.confirmed is True
     queue.finished("a", 7.0)
@@ -104,20 +104,32 @@ def test_answers_without_a_readable_creation_time_keep_their_order() -> None:
     queue.accepted("a", 0.0, created_ns=5)
     queue.accepted("b", 0.1)
     queue.accepted("c", 0.2, created_ns=1)  # b's time unknown: nothing to reorder against
-    assert [queue.queued_at_submit(name) for name in "abc"] == [False, True, True]
+    assert [queue.is_queued(name) for name in "abc"] == [False, True, True]
 
 
-def test_a_probe_found_processing_no_longer_waits_for_anyone() -> None:
+def test_a_servers_clock_cannot_move_a_prediction_ahead_of_one_answered_before_it_was_sent() -> None:
+    """Stamps from servers whose clocks disagree: b was sent after a's answer, so it was accepted
+    after a, whatever its stamp says."""
     queue = AccountQueue(1)
+    queue.accepted("a", 1.0, created_ns=5_000)
+    queue.accepted("b", 2.1, created_ns=1_000, sent_at=2.0)
+    assert [queue.is_queued(name) for name in "ab"] == [False, True]
+
+
+def test_a_probe_counts_against_the_model_only_from_a_queued_place() -> None:
+    queue = AccountQueue(2)
     queue.accepted("a", 0.0, created_ns=1)
-    queue.accepted("b", 1.0, created_ns=3)
-    queue.observe_probe("b", "processing")  # a finished unnoticed, or the account has more slots
-    assert not queue.queued_at_submit("b")  # so it may scout instead of waiting to be told
-    queue.accepted("x", 1.5, created_ns=2)  # answered late: it takes b's place, b moves back
-    assert not queue.queued_at_submit("x") and queue.queued_at_submit("b")
-    queue.observe_probe("x", "processing")  # its place is not a queued one: no evidence
+    queue.accepted("b", 0.1, created_ns=3)
+    queue.accepted("x", 0.2, created_ns=2)  # answered late: takes b's place, b moves to the queue
+    assert [queue.is_queued(name) for name in "axb"] == [False, False, True]
+    queue.observe_probe("x", "processing")  # its place is within the slots: no evidence
+    queue.accepted("c", 0.3)
+    queue.accepted("d", 0.4)
     queue.observe_probe("b", "processing")
-    assert queue.confirmed is None  # two refutations counted, not three
+    queue.observe_probe("c", "processing")
+    assert queue.confirmed is None  # two refutations, not three
+    queue.observe_probe("d", "processing")
+    assert queue.confirmed is False
 
 
 def test_slots_must_be_positive() -> None:
@@ -157,6 +169,39 @@ def test_queued_predictions_are_polled_from_their_expected_start(
         assert polls >= 2.5, polls  # what the model saves: it must stay measurable here
 
 
+def test_answers_that_overtake_each_other_do_not_mislead_the_model(emulator: EmulatorServer) -> None:
+    """Three submits on two slots, answered in the reverse of the order the server accepted them
+    (seed 74 draws answer delays 0.52, 0.31, 0.07 s). Taken in the answers' order, the model put
+    the first-accepted prediction in the queue, its probe found it processing, and the account's
+    queue was never confirmed."""
+    config = emulator.config
+    config.latency_s, config.jitter_s, config.max_concurrency = 1.0, 0.0, 2
+    config.submit_answer_delay_s, config.seed = 0.6, 74
+    emulator.reset()  # re-seeds: with no jitter and no faults the delays are the only draws
+    settings = WaveSpeedSettings(api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.3)
+
+    answered: list[str] = []  # in the order the client received the answers
+
+    async def go() -> AccountQueue:
+        async with WaveSpeedClient(settings, account_slots=2) as client:
+            assert client.account_queue is not None
+            url = await client.upload(BALL, "ball.png", "image/png")
+
+            async def submit() -> None:
+                answered.append((await client.submit(MODEL, {"image": url})).id)
+
+            await asyncio.gather(*(submit() for _ in range(3)))
+            await asyncio.gather(*(client.wait(pid, model=MODEL, timeout_s=30) for pid in answered))
+            return client.account_queue
+
+    queue = asyncio.run(go())
+    stats = emulator.stats
+    by_acceptance = sorted(answered, key=stats.accepted_at.__getitem__)
+    assert answered == by_acceptance[::-1]  # the set-up itself
+    assert queue.confirmed is True
+    assert stats.started_at[by_acceptance[2]] - stats.accepted_at[by_acceptance[2]] >= 0.9  # it queued
+
+
 def test_only_predictions_still_waited_on_stay_referenced() -> None:
     """An expected start, once given, drops the link to the prediction ahead, and a refuted model
     forgets everything: over a long run no chain of links reaches back through history (one kept
@@ -184,6 +229,6 @@ def test_a_refuted_model_forgets_everything_and_lets_queued_predictions_scout() 
         queue.observe_probe(name, "processing")
     assert queue.confirmed is False
     assert queue.waiting_entries == 0
-    assert not queue.queued_at_submit("p999")
+    assert not queue.is_queued("p999")
     queue.accepted("late", 2000.0)
     assert queue.waiting_entries == 0

@@ -21,7 +21,6 @@ from tasks.errors import (
     RateLimitError,
     SubmitOutcomeUnknownError,
 )
-from tasks.prediction import rfc3339_to_ns
 from tasks.settings import WaveSpeedSettings
 from tests.conftest import SAMPLES
 
@@ -352,21 +351,3 @@ def test_a_submit_never_reuses_a_connection_idle_for_a_second() -> None:
     assert submits[0] == submits[1]  # back to back: the connection is reused
     assert submits[2] != submits[1]  # idle past the limit: a new connection
     assert polls[0] == polls[1]  # polls may reuse a connection idle for longer (safe to resend)
-
-
-@pytest.mark.parametrize(
-    ("stamp", "expected"),
-    [
-        ("2025-01-02T03:04:05.123456789Z", 1_735_787_045_123_456_789),  # the contract's form
-        ("2025-01-02T03:04:05.123456789123Z", 1_735_787_045_123_456_789),  # beyond ns: cut
-        ("2025-01-02T03:04:05Z", 1_735_787_045_000_000_000),
-        ("2025-01-02T04:04:05.5+01:00", 1_735_787_045_500_000_000),
-        ("2025-01-02 03:04:05.000001", 1_735_787_045_000_001_000),  # no zone: UTC
-        ("2025-13-02T03:04:05Z", None),
-        ("yesterday", None),
-    ],
-)
-def test_creation_times_are_read_to_the_nanosecond(stamp: str, expected: int | None) -> None:
-    """Submits accepted within the same microsecond must still be told apart (the account queue
-    orders predictions by it)."""
-    assert rfc3339_to_ns(stamp) == expected

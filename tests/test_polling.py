@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import time
 
 import pytest
 
 from emulator import EmulatorServer
+from tasks.account_queue import AccountQueue
 from tasks.client import WaveSpeedClient
 from tasks.polling import (
     MIN_SAMPLES,
     SCOUTS,
     DurationEstimator,
+    PollSchedule,
     Role,
     growing_pause,
     plan_polls,
@@ -90,6 +93,38 @@ def test_roles_scouts_first_then_followers_promoted_when_a_scout_leaves() -> Non
     assert estimator.enlist("third", Role.scout, may_scout=False) is Role.follower
     assert estimator.census("third") == (0, 2)
     assert estimator.enlist("third", Role.follower) is Role.scout
+    estimator.leave("third", Role.scout)
+    estimator.leave("third", Role.follower)  # the one that stepped down, when its wait ends
+    assert estimator.census("third") == (0, 0)
+
+
+def test_a_prediction_its_probe_found_processing_scouts_instead_of_waiting_in_a_queue() -> None:
+    """The model placed it in the account's queue; its probe answered that it runs. It must not
+    sit as a follower until durations are known (the first-accepted prediction, mistaken for the
+    queued one, was noticed 2.3 s after it completed)."""
+    queue = AccountQueue(1)
+    queue.accepted("a", 0.0)
+    queue.accepted("b", 0.0)
+    schedule = PollSchedule(
+        DurationEstimator(floor=0.1),
+        "m",
+        0.0,
+        floor=0.1,
+        backoff=1.5,
+        ceiling=0.3,
+        queue=queue,
+        prediction_id="b",
+    )
+
+    async def go() -> float | None:
+        deadline = time.monotonic() + 0.5
+        assert await schedule.next_pause(0, "unknown", deadline) == 0.0  # the probe, at once
+        schedule.observe("processing")
+        return await schedule.next_pause(1, "processing", deadline)
+
+    pause = asyncio.run(go())
+    assert schedule.role is Role.scout and pause is not None and pause <= 0.3
+    assert queue.is_queued("b")  # the model's place is unchanged: the schedule knows better
 
 
 def test_followers_sleep_until_enough_durations_are_known() -> None:
