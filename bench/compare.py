@@ -895,11 +895,14 @@ def targets(results: list[Measured], args: argparse.Namespace) -> list[str]:
                 f"ratio, ephemeral: wall(flow-ephemeral)/wall(baseline) = {eph.wall_s / baseline.wall_s:.3f}"
             )
     for r in results:
+        # The target is a sustained rate: judged on the steady rate. The overall rate includes the
+        # first wave's whole latency (nothing lands before L), so at N=5000, C=1000, L=10 even a
+        # zero-overhead run makes exactly 100 overall.
         rate, steady = args.n / r.wall_s, r.steady_rate()
         lines.append(
-            f"throughput [{r.name}]: {rate:.1f} images/s overall, {fmt(steady, 1)} steady "
-            f"(target >= 100 at N=5000 C=1000 L=10; ceiling here C/L = {args.c / args.latency:.1f}): "
-            f"{verdict(rate >= 100)}"
+            f"throughput [{r.name}]: {fmt(steady, 1)} images/s steady (sustained), {rate:.1f} overall "
+            f"(target >= 100 sustained at N=5000 C=1000 L=10; ceiling here C/L = "
+            f"{args.c / args.latency:.1f}): {verdict(None if steady is None else steady >= 100)}"
         )
     for r in results:
         polls, lag = r.polls_per_prediction, r.lag.get("mean")
