@@ -985,6 +985,32 @@ def queued_split(stats: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def by_acceptance(stats: dict[str, Any], window_s: float) -> list[str]:
+    """Lag, polls and queued share of the predictions accepted in each ``window_s`` from the first
+    accept: the first wave, the transition after it and the steady state behave differently."""
+    accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
+    done, noticed = stats.get("completed_at") or {}, stats.get("first_completed_poll_at") or {}
+    polls = stats.get("polls_by_prediction") or {}
+    if not accepted:
+        return []
+    origin = min(accepted.values())
+    windows: dict[int, list[str]] = {}
+    for pid, at in accepted.items():
+        windows.setdefault(int((at - origin) // window_s), []).append(pid)
+    rows = []
+    for index in sorted(windows):
+        group = windows[index]
+        lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
+        queued = sum(1 for pid in group if pid in started and started[pid] - accepted[pid] > QUEUED_S)
+        if lags:
+            rows.append(
+                f"{index * window_s:.0f}-{(index + 1) * window_s:.0f} s: {len(group)} accepted, "
+                f"{100 * queued / len(group):.0f} % queued, lag mean {sum(lags) / len(lags):.2f} s, "
+                f"{sum(polls.get(pid, 0) for pid in group) / len(group):.2f} polls"
+            )
+    return rows
+
+
 def details(results: list[Measured], args: argparse.Namespace, server: PrefectServer | None) -> list[str]:
     lines = []
     for r in results:
@@ -1006,6 +1032,9 @@ def details(results: list[Measured], args: argparse.Namespace, server: PrefectSe
             extra.append(f"last mesh landed {r.started_at + r.wall_s - max(r.mtimes):.1f} s before exit")
         lines.append(f"- {r.name}: " + ", ".join(extra))
         lines.append(f"  - per prediction, median / p90 s: {phases(r.stats)}")
+        windows = by_acceptance(r.stats, window_s=max(5.0, args.latency / 2))
+        if windows:
+            lines.append("  - by acceptance time: " + "; ".join(windows))
         split = queued_split(r.stats)
         if split:
             lines.append(f"  - waited in the account's queue (> {QUEUED_S:g} s) or not: {split}")

@@ -15,6 +15,13 @@ notice lags); they are the oldest, so counting them keeps the position right. Th
 end is its own expected start + the median duration, or its notice less the usual notice lag when
 that came first (see :func:`_start`).
 
+That estimate can be late: the prediction ahead may have finished before anyone noticed, or a
+slot freed by another. So each queued prediction also counts the slots freed since it was
+accepted (every notice of a finish frees one): when the count reaches its place in the queue, it
+has started, at about that notice less the usual lag. Its first poll is timed from the earlier of
+the two. Only ever earlier: a start dated by notices alone would carry their lag into every
+generation of successors (see :func:`_start`).
+
 Submits in flight together may be answered in another order than the server accepted them, so
 the order is the server's (each prediction's ``created_at``), not the order of the answers: by the
 answers, a run of three on two slots took the first-accepted prediction for the queued one.
@@ -27,10 +34,14 @@ processing (the account allows more than the run's ``concurrency``) counts again
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 REFUTATIONS = 3  # probes answering "not queued" before the model is switched off
 
@@ -45,6 +56,9 @@ class _Entry:
     start: float | None = None  # expected start, fixed when first asked for
     finished: float | None = None  # when it likely ended (noticed terminal, less the usual lag)
     created_ns: int | None = None  # the server's acceptance time of the holder, when known
+    starts_at_release: int = 0  # queued: the count of freed slots at which it starts
+    released: float | None = None  # queued: when that count was reached (notice less the lag)
+    waiters: list[_Waiter] = field(default_factory=list)  # waits for ``released``
 
 
 class AccountQueue:
@@ -59,6 +73,8 @@ class AccountQueue:
         self._unfinished: OrderedDict[str, _Entry] = OrderedDict()
         self._confirmed: bool | None = None  # None: not known yet whether the account queues
         self._refuted = 0
+        self._freed = 0  # slots freed so far: finishes noticed (or predictions no longer followed)
+        self._unreleased: deque[_Entry] = deque()  # queued places whose count is not reached, in order
         self._lock = threading.Lock()
 
     @property
@@ -84,6 +100,9 @@ class AccountQueue:
             if ahead >= self.slots:
                 after = next(itertools.islice(self._unfinished.values(), ahead - self.slots, None))
             entry = _Entry(at, after, queued=after is not None, created_ns=created_ns)
+            if entry.queued:
+                entry.starts_at_release = self._freed + ahead - self.slots + 1
+                self._unreleased.append(entry)
             overtaken = self._accepted_later(created_ns, sent_at)
             if not overtaken:
                 self._unfinished[prediction_id] = entry
@@ -115,10 +134,48 @@ class AccountQueue:
 
     def finished(self, prediction_id: str, at: float) -> None:
         """Noticed terminal, or no longer waited for (its slot is then assumed free)."""
+        woken: list[_Waiter] = []
         with self._lock:
             entry = self._unfinished.pop(prediction_id, None)
-            if entry is not None:
-                entry.finished = at
+            if entry is None:
+                return
+            entry.finished = at
+            self._freed += 1
+            unreleased = self._unreleased
+            while unreleased and (
+                unreleased[0].starts_at_release <= self._freed
+                # It ran before its count was reached (a finish went unseen): so did all ahead of it.
+                or (entry.queued and entry.released is None)
+            ):
+                place = unreleased.popleft()
+                place.released = at
+                woken += place.waiters
+                place.waiters = []
+        _wake(woken)
+
+    def release_start(self, prediction_id: str) -> float | None:
+        """When a queued prediction started by the count of freed slots, once that count is reached."""
+        with self._lock:
+            entry = self._unfinished.get(prediction_id)
+            if entry is None or not self._confirmed or entry.released is None:
+                return None
+            return max(entry.accepted, entry.released)
+
+    async def wait_for_release(self, prediction_id: str, timeout: float) -> None:
+        """Sleep until the prediction's count of freed slots is reached, or ``timeout`` seconds
+        (at once when it is not waiting for one)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            entry = self._unfinished.get(prediction_id)
+            if entry is None or not entry.queued or entry.released is not None:
+                return
+            entry.waiters.append((loop, future))
+        try:
+            await asyncio.wait([future], timeout=max(0.0, timeout))
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                entry.waiters.remove((loop, future))
 
     def is_queued(self, prediction_id: str) -> bool:
         """Whether the model has this prediction waiting in the account's queue (its place may
@@ -135,6 +192,7 @@ class AccountQueue:
         """The answer to a probe: ``created`` means the account queues (wherever the model now
         places the prediction: a queue is a queue); anything else, that it ran it at once, which
         counts against the model only while the model still places it in the queue."""
+        woken: list[_Waiter] = []
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             if self._confirmed is not None or entry is None:
@@ -149,7 +207,11 @@ class AccountQueue:
                 self._confirmed = False
                 # Nothing is timed from the model any more; without this the links between
                 # entries whose start was never asked for would keep every one of them alive.
+                for place in self._unfinished.values():  # their waits are timed from the submit now
+                    woken += place.waiters
                 self._unfinished.clear()
+                self._unreleased.clear()
+        _wake(woken)
 
     def expected_start(self, prediction_id: str, median_s: float) -> float | None:
         """When the prediction should start processing (``time.monotonic()``), or None when the
@@ -159,6 +221,17 @@ class AccountQueue:
             if entry is None or not self._confirmed:
                 return None
             return _start(entry, median_s)
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    for loop, future in waiters:
+        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody left to wake
+            loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _start(entry: _Entry, median_s: float) -> float:

@@ -281,6 +281,7 @@ class PollSchedule:
         self._probes = 0  # polls made as a probe of the account's queue (not part of the plan)
         self._probing = False
         self._seen_started = False  # a poll found it past `created`: it waits in no queue
+        self._awaited_release = False  # slept once on the account queue's count of freed slots
         self.role: Role | None = None
 
     def expected_lag_s(self) -> float:
@@ -313,6 +314,9 @@ class PollSchedule:
         plan = self._estimator.plan(self._model)
         if plan is not None:
             start = queue.expected_start(self._prediction_id, plan.median_s) if queue is not None else None
+            first = polls == self._probes
+            if first and queue is not None and start is not None and queue.is_queued(self._prediction_id):
+                return await self._first_planned_pause(queue, plan, start, deadline)
             return planned_pause(
                 plan,
                 polls=polls - self._probes,
@@ -336,6 +340,23 @@ class PollSchedule:
             backoff=self._backoff,
             ceiling=self._ceiling,
         )
+
+    async def _first_planned_pause(
+        self, queue: AccountQueue, plan: PollPlan, start: float, deadline: float
+    ) -> float | None:
+        """The first planned poll of a prediction the account queue times: from its expected
+        start, or from the moment the count of freed slots says it started, if earlier. Until
+        that count is reached, it sleeps on it (returning None to be asked again)."""
+        now = time.monotonic()
+        due = start + plan.first_s
+        counted = queue.release_start(self._prediction_id)
+        if counted is not None:
+            due = min(due, counted + plan.first_s)
+        elif due > now and not self._awaited_release:
+            self._awaited_release = True
+            await queue.wait_for_release(self._prediction_id, min(due, deadline) - now)
+            return None
+        return max(0.0, due - now)
 
     def close(self) -> None:
         if self.role is not None and self._model is not None:

@@ -132,6 +132,39 @@ def test_a_probe_counts_against_the_model_only_from_a_queued_place() -> None:
     assert queue.confirmed is False
 
 
+def test_each_notice_frees_a_slot_and_the_queue_starts_in_order() -> None:
+    queue = confirmed_queue(2, ["a", "b", "c", "d"])  # c and d wait for the first and second freed slot
+    assert queue.release_start("c") is None
+    queue.finished("b", 5.0)  # whichever finishes frees the slot c takes: not necessarily a
+    assert queue.release_start("c") == 5.0 and queue.release_start("d") is None
+    queue.finished("a", 6.0)
+    assert queue.release_start("d") == 6.0
+    assert queue.expected_start("c", 10.0) == 6.0  # the estimate waits for a, whose slot came later
+
+
+def test_a_queued_prediction_seen_finished_before_its_turn_started_with_all_ahead_of_it() -> None:
+    queue = confirmed_queue(1, ["a", "b", "c"])  # b after one freed slot, c after two
+    queue.finished("c", 9.0)  # a's finish went unseen (not waited on here, say): c ran, so b did
+    assert queue.release_start("b") == 9.0
+
+
+def test_a_wait_for_the_count_of_freed_slots_wakes_when_it_is_reached() -> None:
+    queue = confirmed_queue(1, ["a", "b"])
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.ensure_future(queue.wait_for_release("b", 30.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        queue.finished("a", 1.0)
+        await waiting
+        return loop.time() - started
+
+    assert asyncio.run(go()) < 1.0
+    assert asyncio.run(asyncio.wait_for(queue.wait_for_release("a", 30.0), 1.0)) is None  # not queued
+
+
 def test_slots_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one"):
         AccountQueue(0)

@@ -127,6 +127,36 @@ def test_a_prediction_its_probe_found_processing_scouts_instead_of_waiting_in_a_
     assert queue.is_queued("b")  # the model's place is unchanged: the schedule knows better
 
 
+def test_a_queued_prediction_is_polled_from_the_freed_slot_when_that_comes_first() -> None:
+    """b waits for a's slot. Its expected start is a's start + the median (1 s); a finishes at
+    0.1 s instead, and b's first poll moves to 0.1 s + the plan's first poll."""
+    estimator = DurationEstimator(floor=0.1)
+    for _ in range(MIN_SAMPLES):
+        estimator.add("m", 1.0)
+    plan = estimator.plan("m")
+    assert plan is not None
+    now = time.monotonic()
+    queue = AccountQueue(1)
+    queue.accepted("a", now)
+    queue.accepted("b", now)
+    schedule = PollSchedule(
+        estimator, "m", now, floor=0.1, backoff=1.5, ceiling=0.3, queue=queue, prediction_id="b"
+    )
+
+    async def go() -> tuple[float | None, float | None, float]:
+        deadline = time.monotonic() + 30
+        await schedule.next_pause(0, "unknown", deadline)  # the probe
+        schedule.observe("created")
+        assert queue.confirmed is True
+        asyncio.get_running_loop().call_later(0.1, lambda: queue.finished("a", time.monotonic()))
+        woken = await schedule.next_pause(1, "created", deadline)  # sleeps until a's slot frees
+        return woken, await schedule.next_pause(1, "created", deadline), time.monotonic()
+
+    woken, pause, at = asyncio.run(go())
+    assert woken is None and at - now < 0.5
+    assert pause is not None and pause == pytest.approx(now + 0.1 + plan.first_s - at, abs=0.05)
+
+
 def test_followers_sleep_until_enough_durations_are_known() -> None:
     async def go() -> tuple[bool, bool, float]:
         estimator = DurationEstimator(floor=0.5)
