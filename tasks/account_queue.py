@@ -41,7 +41,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+from tasks.wakeups import Waiter, new_waiter, wake
 
 REFUTATIONS = 3  # probes answering "not queued" before the model is switched off
 
@@ -58,7 +58,7 @@ class _Entry:
     created_ns: int | None = None  # the server's acceptance time of the holder, when known
     starts_at_release: int = 0  # queued: the count of freed slots at which it starts
     released: float | None = None  # queued: when that count was reached (notice less the lag)
-    waiters: list[_Waiter] = field(default_factory=list)  # waits for ``released``
+    waiters: list[Waiter] = field(default_factory=list)  # waits for ``released``
 
 
 class AccountQueue:
@@ -134,7 +134,7 @@ class AccountQueue:
 
     def finished(self, prediction_id: str, at: float) -> None:
         """Noticed terminal, or no longer waited for (its slot is then assumed free)."""
-        woken: list[_Waiter] = []
+        woken: list[Waiter] = []
         with self._lock:
             entry = self._unfinished.pop(prediction_id, None)
             if entry is None:
@@ -151,7 +151,7 @@ class AccountQueue:
                 place.released = at
                 woken += place.waiters
                 place.waiters = []
-        _wake(woken)
+        wake(woken)
 
     def release_start(self, prediction_id: str) -> float | None:
         """When a queued prediction started by the count of freed slots, once that count is reached."""
@@ -164,18 +164,17 @@ class AccountQueue:
     async def wait_for_release(self, prediction_id: str, timeout: float) -> None:
         """Sleep until the prediction's count of freed slots is reached, or ``timeout`` seconds
         (at once when it is not waiting for one)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        waiter = new_waiter()
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             if entry is None or not entry.queued or entry.released is not None:
                 return
-            entry.waiters.append((loop, future))
+            entry.waiters.append(waiter)
         try:
-            await asyncio.wait([future], timeout=max(0.0, timeout))
+            await asyncio.wait([waiter[1]], timeout=max(0.0, timeout))
         finally:
             with self._lock, contextlib.suppress(ValueError):
-                entry.waiters.remove((loop, future))
+                entry.waiters.remove(waiter)
 
     def is_queued(self, prediction_id: str) -> bool:
         """Whether the model has this prediction waiting in the account's queue (its place may
@@ -192,7 +191,7 @@ class AccountQueue:
         """The answer to a probe: ``created`` means the account queues (wherever the model now
         places the prediction: a queue is a queue); anything else, that it ran it at once, which
         counts against the model only while the model still places it in the queue."""
-        woken: list[_Waiter] = []
+        woken: list[Waiter] = []
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             if self._confirmed is not None or entry is None:
@@ -211,7 +210,7 @@ class AccountQueue:
                     woken += place.waiters
                 self._unfinished.clear()
                 self._unreleased.clear()
-        _wake(woken)
+        wake(woken)
 
     def expected_start(self, prediction_id: str, median_s: float) -> float | None:
         """When the prediction should start processing (``time.monotonic()``), or None when the
@@ -221,17 +220,6 @@ class AccountQueue:
             if entry is None or not self._confirmed:
                 return None
             return _start(entry, median_s)
-
-
-def _wake(waiters: list[_Waiter]) -> None:
-    for loop, future in waiters:
-        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody left to wake
-            loop.call_soon_threadsafe(_resolve, future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _start(entry: _Entry, median_s: float) -> float:

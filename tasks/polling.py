@@ -25,7 +25,6 @@ sleeps and polls. The rest is pure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import math
 import threading
@@ -35,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tasks.account_queue import AccountQueue
+from tasks.wakeups import Waiter, new_waiter, wake
 
 MIN_SAMPLES = 3  # durations of a model before its polls are planned
 SCOUTS = 4  # waits per model that poll early while no duration is known
@@ -126,7 +126,7 @@ class DurationEstimator:
         self._added_since_plan: dict[str, int] = {}
         self._scouts: dict[str, int] = {}
         self._followers: dict[str, int] = {}
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
         self._lock = threading.Lock()
 
     def add(self, model: str, seconds: float) -> None:
@@ -222,15 +222,13 @@ class DurationEstimator:
     async def wait_for_news(self, model: str, timeout: float) -> bool:
         """Sleep until the model's durations are planned or a scout leaves (True), or ``timeout``
         seconds pass (False)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        entry = (loop, future)
+        entry = new_waiter()
         with self._lock:
             if model in self._plans:
                 return True
             self._waiters.setdefault(model, []).append(entry)
         try:
-            done, _ = await asyncio.wait([future], timeout=max(0.0, timeout))
+            done, _ = await asyncio.wait([entry[1]], timeout=max(0.0, timeout))
             return bool(done)
         finally:
             with self._lock:
@@ -241,15 +239,7 @@ class DurationEstimator:
     def _wake(self, model: str) -> None:
         with self._lock:
             waiters = self._waiters.pop(model, [])
-        for loop, future in waiters:
-            # A waiter whose loop has closed meanwhile has nothing left to wake.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        wake(waiters)
 
 
 class PollSchedule:
