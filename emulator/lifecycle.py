@@ -77,6 +77,8 @@ async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec
             spec.multi_output and config.v3_extra_outputs,
         )
     )
+    # A render that fails after the prediction failed or was cancelled is not worth a log line.
+    rendering.add_done_callback(lambda task: task.cancelled() or task.exception())
     try:
         await asyncio.sleep(duration / 2)
         if state.chance(config.failure_rate):

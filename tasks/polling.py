@@ -271,7 +271,6 @@ class PollSchedule:
         self._probes = 0  # polls made as a probe of the account's queue (not part of the plan)
         self._probing = False
         self._seen_started = False  # a poll found it past `created`: it waits in no queue
-        self._awaited_release = False  # slept once on the account queue's count of freed slots
         self.role: Role | None = None
 
     def expected_lag_s(self) -> float:
@@ -333,20 +332,18 @@ class PollSchedule:
 
     async def _first_planned_pause(
         self, queue: AccountQueue, plan: PollPlan, start: float, deadline: float
-    ) -> float | None:
+    ) -> float:
         """The first planned poll of a prediction the account queue times: from its expected
         start, or from the moment the count of freed slots says it started, if earlier. Until
-        that count is reached, it sleeps on it (returning None to be asked again)."""
-        now = time.monotonic()
+        that count is reached (or the poll is due), it sleeps on it."""
         due = start + plan.first_s
         counted = queue.release_start(self._prediction_id)
+        if counted is None and due > time.monotonic():
+            await queue.wait_for_release(self._prediction_id, min(due, deadline) - time.monotonic())
+            counted = queue.release_start(self._prediction_id)
         if counted is not None:
             due = min(due, counted + plan.first_s)
-        elif due > now and not self._awaited_release:
-            self._awaited_release = True
-            await queue.wait_for_release(self._prediction_id, min(due, deadline) - now)
-            return None
-        return max(0.0, due - now)
+        return max(0.0, due - time.monotonic())
 
     def close(self) -> None:
         if self.role is not None and self._model is not None:

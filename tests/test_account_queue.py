@@ -143,9 +143,9 @@ def test_each_notice_frees_a_slot_and_the_queue_starts_in_order() -> None:
 
 
 def test_a_queued_prediction_seen_finished_before_its_turn_started_with_all_ahead_of_it() -> None:
-    queue = confirmed_queue(1, ["a", "b", "c"])  # b after one freed slot, c after two
-    queue.finished("c", 9.0)  # a's finish went unseen (not waited on here, say): c ran, so b did
-    assert queue.release_start("b") == 9.0
+    queue = confirmed_queue(1, ["a", "b", "c", "d"])  # b, c, d after one, two, three freed slots
+    queue.finished("d", 9.0)  # earlier finishes went unseen: d ran, so c did (one count gives b only)
+    assert queue.release_start("c") == 9.0
 
 
 def test_a_wait_for_the_count_of_freed_slots_wakes_when_it_is_reached() -> None:
