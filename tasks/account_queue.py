@@ -190,8 +190,8 @@ class AccountQueue:
     def observe_probe(self, prediction_id: str, status: str) -> None:
         """The answer to a probe: ``created`` means the account queues (wherever the model now
         places the prediction: a queue is a queue); anything else, that it ran it at once, which
-        counts against the model only while the model still places it in the queue."""
-        woken: list[Waiter] = []
+        counts against the model only while the model still places it in the queue. (Nobody
+        sleeps on a release yet: waits use the model only once it is confirmed.)"""
         with self._lock:
             entry = self._unfinished.get(prediction_id)
             if self._confirmed is not None or entry is None:
@@ -206,11 +206,8 @@ class AccountQueue:
                 self._confirmed = False
                 # Nothing is timed from the model any more; without this the links between
                 # entries whose start was never asked for would keep every one of them alive.
-                for place in self._unfinished.values():  # their waits are timed from the submit now
-                    woken += place.waiters
                 self._unfinished.clear()
                 self._unreleased.clear()
-        wake(woken)
 
     def expected_start(self, prediction_id: str, median_s: float) -> float | None:
         """When the prediction should start processing (``time.monotonic()``), or None when the
