@@ -38,8 +38,9 @@ Per contender: wall time; ratio to ceil(N/C)*L and to the baseline; images/s and
 images/s (items landed between the 10th and 90th percentile of landing times, from the meshes'
 mtimes); CPU seconds and peak RSS (``os.wait4`` rusage of the contender process, reaped descendants
 included); polls per prediction and submits (emulator stats deltas); completion lag (emulator: from
-a prediction becoming ``completed`` to the first poll that answered ``completed``); start-up (spawn
-to the first accepted submit). Targets are printed next to the figures, never asserted.
+a prediction becoming ``completed`` to the first poll that answered ``completed``, or the webhook
+delivery acknowledged if earlier: ``--flow-webhook``); start-up (spawn to the first accepted
+submit). Targets are printed next to the figures, never asserted.
 
     uv run python bench/compare.py --quick
     uv run python bench/compare.py --preset ratio|throughput|polls|memory|history [--profile]
@@ -942,8 +943,8 @@ def targets(results: list[Measured], args: argparse.Namespace) -> list[str]:
 PHASES = (
     ("accepted -> started", "accepted_at", "started_at"),
     ("accepted -> 1st poll", "accepted_at", "first_poll_at"),
-    ("completed -> noticed", "completed_at", "first_completed_poll_at"),
-    ("noticed -> download", "first_completed_poll_at", "first_download_at"),
+    ("completed -> noticed", "completed_at", "noticed_at"),
+    ("noticed -> download", "noticed_at", "first_download_at"),
 )
 
 
@@ -966,7 +967,7 @@ def queued_split(stats: dict[str, Any]) -> str:
     """Polls and notice lag of the predictions that waited in the account's queue and of the rest
     (empty when none waited): queue headroom's cost shows there."""
     accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
-    done, noticed = stats.get("completed_at") or {}, stats.get("first_completed_poll_at") or {}
+    done, noticed = stats.get("completed_at") or {}, stats.get("noticed_at") or {}
     polls = stats.get("polls_by_prediction") or {}
     first_poll = stats.get("first_poll_at") or {}
     queued = {pid for pid in started if pid in accepted and started[pid] - accepted[pid] > QUEUED_S}
@@ -989,7 +990,7 @@ def by_acceptance(stats: dict[str, Any], window_s: float) -> list[str]:
     """Lag, polls and queued share of the predictions accepted in each ``window_s`` from the first
     accept: the first wave, the transition after it and the steady state behave differently."""
     accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
-    done, noticed = stats.get("completed_at") or {}, stats.get("first_completed_poll_at") or {}
+    done, noticed = stats.get("completed_at") or {}, stats.get("noticed_at") or {}
     polls = stats.get("polls_by_prediction") or {}
     if not accepted:
         return []
@@ -1245,6 +1246,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra environment for the flow contenders (e.g. WAVESPEED_POLL_INITIAL_INTERVAL_S=1)",
     )
     parser.add_argument(
+        "--flow-webhook",
+        action="store_true",
+        help="run the flow contenders in webhook mode: the emulator delivers finished predictions to a "
+        "receiver on a free loopback port (sets WAVESPEED_WEBHOOK_URL and WAVESPEED_WEBHOOK_LISTEN)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="run the flow under py-spy (if found) or pyinstrument"
     )
     parser.add_argument("--py-spy", dest="pyspy_path", default=None, help="py-spy binary (default: search)")
@@ -1295,6 +1302,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.flow_env = dict(kv.split("=", 1) for kv in args.flow_env)
     except ValueError:
         parser.error("--flow-env takes KEY=VALUE")
+    if args.flow_webhook:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args.flow_env.setdefault("WAVESPEED_WEBHOOK_URL", f"http://127.0.0.1:{port}/wavespeed")
+        args.flow_env.setdefault("WAVESPEED_WEBHOOK_LISTEN", f"127.0.0.1:{port}")
     if args.baseline_poll not in ("client", "growing") and not re.fullmatch(
         r"fixed=\d+(\.\d+)?", args.baseline_poll
     ):

@@ -21,6 +21,7 @@ from emulator.routes_media import DeliberateTruncation, MediaRoutes
 from emulator.routes_predictions import PredictionRoutes
 from emulator.state import EmulatorState
 from emulator.stats import EmulatorStats
+from emulator.webhooks import WebhookRoutes
 
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -86,6 +87,7 @@ def create_app(config: EmulatorConfig | None = None, stats: EmulatorStats | None
         *ControlRoutes(state).routes(),
         *MediaRoutes(state).routes(),
         *AccountRoutes(state).routes(),
+        *WebhookRoutes(state).routes(),
         *predictions.routes(),
         predictions.submit_route(),  # catch-all POST /api/v3/{model_id:path}: last
     ]

@@ -123,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="502/504 faults answer an HTML page, not JSON",
     )
     faults.add_argument("--retry-after", type=float, default=None, help="Retry-After seconds on 429")
+    faults.add_argument(
+        "--webhook-loss-rate", type=_rate, default=0.0, help="share of webhook delivery attempts lost"
+    )
     faults.add_argument("--truncate-rate", type=_rate, default=0.0, help="share of truncated downloads")
     faults.add_argument("--seed", type=int, default=None, help="seed for reproducible faults")
 
@@ -167,6 +170,7 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         fault_5xx_statuses=tuple(get("fault_5xx_statuses", d.fault_5xx_statuses)),
         gateway_5xx_html=get("gateway_html", d.gateway_5xx_html),
         retry_after_s=get("retry_after", None),
+        webhook_loss_rate=get("webhook_loss_rate", 0.0),
         download_truncate_rate=get("truncate_rate", 0.0),
         seed=get("seed", None),
     )

@@ -49,6 +49,11 @@ class EmulatorConfig:
     max_image_px: int = 5000
     max_image_bytes: int = 8 * 1024 * 1024
     """Input image limits (v3.1 docs): violations fail the task with code 1401."""
+    webhook_secret: str = "whsec_ZW11bGF0b3Itd2ViaG9vay1zZWNyZXQ"
+    """Signs webhook deliveries; `GET /api/v3/webhook/secret` answers it."""
+    webhook_retries: int = 3
+    webhook_retry_s: float = 1.0
+    """A delivery not answered 2xx is retried up to `webhook_retries` times, after 1, 2, 4... x this."""
     sync_timeout_s: float = 30.0
     """`enable_sync_mode`: how long a submit blocks before answering `processing` with code 5004."""
     mesh_grid: int = 48
@@ -73,6 +78,8 @@ class EmulatorConfig:
     """502/504 fault answers carry a gateway-style HTML body instead of the JSON envelope."""
     retry_after_s: float | None = None
     """When set, 429 answers carry `Retry-After` with this many seconds (fractions kept, e.g. "0.5")."""
+    webhook_loss_rate: float = 0.0
+    """A webhook delivery attempt is lost on the way (never reaches the receiver) with this probability."""
     download_truncate_rate: float = 0.0
     """An output download declares the full Content-Length but the connection closes after ~half."""
     seed: int | None = None
@@ -83,9 +90,9 @@ class EmulatorConfig:
     """Uploads above this answer HTTP 413."""
 
     def public_dict(self) -> dict[str, Any]:
-        """All fields as JSON-ready values, with the API key redacted."""
+        """All fields as JSON-ready values, with the API key and webhook secret redacted."""
         data = dataclasses.asdict(self)
-        data["api_key"] = "***"
+        data["api_key"] = data["webhook_secret"] = "***"
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     def update(self, changes: dict[str, Any]) -> None:

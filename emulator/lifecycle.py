@@ -13,6 +13,7 @@ from emulator.models import ModelSpec
 from emulator.render import OutputFile, render_outputs
 from emulator.state import EmulatorState
 from emulator.store import Blob, Prediction
+from emulator.webhooks import deliver
 
 log = logging.getLogger("emulator")
 
@@ -119,3 +120,5 @@ async def run_prediction(state: EmulatorState, prediction: Prediction, spec: Mod
     finally:
         state.stats.record_terminal(outcome)
         prediction.done.set()
+        if outcome != 0 and prediction.webhook:  # completed or failed; not cancelled
+            state.spawn(deliver(state, prediction, prediction.webhook))

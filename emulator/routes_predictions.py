@@ -76,6 +76,7 @@ class PredictionRoutes:
             input_key=self._input_key(spec, body, request.url.netloc),
             own_netloc=request.url.netloc,
             base64_output=body.get("enable_base64_output") is True,
+            webhook=webhook,
         )
         state.store.predictions[pid] = prediction
         config.balance = round(config.balance - price, 9)

@@ -62,6 +62,8 @@ class EmulatorStats:
         self.failures_by_code: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.webhooks: dict[str, str] = {}
+        self.webhook_attempts: Counter[str] = Counter()
+        self.webhook_delivered_at: dict[str, float] = {}  # answered 2xx by the receiver
         # Timelines (epoch seconds, time.time(), comparable with other processes on this machine):
         # when each prediction was accepted, when it completed, and when a poll first answered
         # `completed` -- the client cannot have noticed the completion before that poll.
@@ -141,6 +143,14 @@ class EmulatorStats:
             else:
                 self.first_completed_poll_at[prediction_id] = time.time()
 
+    def record_webhook_attempt(self, prediction_id: str) -> None:
+        with self._lock:
+            self.webhook_attempts[prediction_id] += 1
+
+    def record_webhook_delivered(self, prediction_id: str) -> None:
+        with self._lock:
+            self.webhook_delivered_at.setdefault(prediction_id, time.time())
+
     def record_upload(self, route: str, size: int) -> None:
         with self._lock:
             self.uploads[route] += 1
@@ -218,16 +228,23 @@ class EmulatorStats:
             )
 
     def completion_lags(self) -> dict[str, float]:
-        """Seconds from `completed` to the first poll that answered `completed`, per prediction that
-        was polled after completing (how late the client noticed)."""
+        """Seconds from `completed` to when the client first learned of it -- the first poll that
+        answered `completed` or the webhook delivery its receiver acknowledged, whichever came
+        first -- per prediction the client learned of (how late the client noticed)."""
         with self._lock:
             return self._lags()
 
+    def _noticed_at(self) -> dict[str, float]:
+        noticed = dict(self.first_completed_poll_at)
+        for pid, delivered in self.webhook_delivered_at.items():
+            if pid in self.completed_at:  # a failed prediction's delivery notices no completion
+                noticed[pid] = min(delivered, noticed.get(pid, delivered))
+        return noticed
+
     def _lags(self) -> dict[str, float]:
+        noticed = self._noticed_at()
         return {
-            pid: max(0.0, self.first_completed_poll_at[pid] - done)
-            for pid, done in self.completed_at.items()
-            if pid in self.first_completed_poll_at
+            pid: max(0.0, noticed[pid] - done) for pid, done in self.completed_at.items() if pid in noticed
         }
 
     def _lag_summary(self) -> dict[str, float | int | None]:
@@ -277,10 +294,13 @@ class EmulatorStats:
                 "failures_by_code": {str(k): v for k, v in self.failures_by_code.items()},
                 "faults": dict(self.faults),
                 "webhooks": dict(self.webhooks),
+                "webhook_attempts": dict(self.webhook_attempts),
+                "webhook_delivered_at": dict(self.webhook_delivered_at),
                 "accepted_at": dict(self.accepted_at),
                 "started_at": dict(self.started_at),
                 "completed_at": dict(self.completed_at),
                 "first_completed_poll_at": dict(self.first_completed_poll_at),
+                "noticed_at": self._noticed_at(),
                 "polls_after_completed": dict(self.polls_after_completed),
                 "first_poll_at": dict(self.first_poll_at),
                 "first_download_at": dict(self.first_download_at),

@@ -35,6 +35,8 @@ class Prediction:
     own_netloc: str
     """host:port the submit came in on: image URLs there under /cdn/media/ are read from memory."""
     base64_output: bool = False
+    webhook: str | None = None
+    """Where the terminal prediction is delivered (submit `?webhook=` or body `webhook_url`)."""
     status: str = "created"
     outputs: list[str] = field(default_factory=list)
     error: str = ""

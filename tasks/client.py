@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -46,6 +46,7 @@ from tasks.polling import DurationEstimator, PollSchedule
 from tasks.prediction import Prediction
 from tasks.retrying import RetryPolicy, retry_async
 from tasks.settings import WaveSpeedSettings
+from tasks.webhooks import WebhookReceiver
 
 logger = logging.getLogger("hy3d.client")
 
@@ -197,6 +198,8 @@ class WaveSpeedClient:
         # writes come in between, and take seconds when thousands of items are in flight).
         self._accepted_at: dict[str, float] = {}
         self.account_queue = AccountQueue(account_slots) if account_slots else None
+        # Webhook mode (settings.webhook_url): started by ``async with`` / start_webhooks().
+        self.webhooks: WebhookReceiver | None = None
         self._public = httpx.AsyncClient(
             headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
         )
@@ -205,6 +208,8 @@ class WaveSpeedClient:
         return f"WaveSpeedClient(base_url={self.base_url!r}, api_key=SecretStr('**********'))"
 
     async def __aenter__(self) -> WaveSpeedClient:
+        if self.settings.webhook_url:
+            await self.start_webhooks()
         return self
 
     async def __aexit__(
@@ -213,9 +218,44 @@ class WaveSpeedClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.stop)
+            self.webhooks = None
         await self._api.aclose()
         await self._submits.aclose()
         await self._public.aclose()
+
+    async def start_webhooks(self) -> bool:
+        """Receive finished predictions on ``webhook_listen`` and have later submits delivered to
+        ``webhook_url``. When that cannot be set up, say why and go on polling (False)."""
+        s = self.settings
+        if self.webhooks is not None or not s.webhook_url:
+            return self.webhooks is not None
+        try:
+            secret = s.webhook_secret or await self.get_webhook_secret()
+            receiver = WebhookReceiver(secret, s.webhook_listen, poll_grace_s=s.webhook_poll_grace_s)
+            await asyncio.to_thread(receiver.start)
+        except (WaveSpeedError, OSError, ValueError) as exc:
+            logger.warning("webhook mode off, polling instead: %s", exc)
+            return False
+        self.webhooks = receiver
+        logger.info(
+            "webhook mode: finished predictions are delivered to %s (listening on %s:%d)",
+            s.webhook_url,
+            receiver.host,
+            receiver.port,
+        )
+        return True
+
+    async def get_webhook_secret(self) -> SecretStr:
+        """The account's webhook signing secret (``whsec_...``)."""
+        data = await self._call_with_retries(
+            lambda: self._api.build_request("GET", "/api/v3/webhook/secret"), "webhook secret"
+        )
+        secret = data.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise InvalidResponseError("webhook secret answer without a data.secret string")
+        return SecretStr(secret)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -253,10 +293,12 @@ class WaveSpeedClient:
         Raises :class:`SubmitOutcomeUnknownError` when the server may have accepted the request.
         """
         path = f"/api/v3/{model.strip('/')}"
+        receiver = self.webhooks
+        params = {"webhook": self.settings.webhook_url} if receiver is not None else None
 
         async def attempt() -> dict[str, Any]:
             return await self._call(
-                self._submits.build_request("POST", path, json=dict(inputs)), via=self._submits
+                self._submits.build_request("POST", path, json=dict(inputs), params=params), via=self._submits
             )
 
         sent_at = time.monotonic()
@@ -275,11 +317,15 @@ class WaveSpeedClient:
         except ValueError as exc:
             raise SubmitOutcomeUnknownError(f"answer without a usable prediction: {exc}") from exc
         accepted_at = self._accepted_at[prediction.id] = time.monotonic()
+        if receiver is not None:
+            receiver.watch(prediction.id)
         if self.account_queue is not None:
             self.account_queue.accepted(prediction.id, accepted_at, prediction.created_ns, sent_at)
         while len(self._accepted_at) > ACCEPTED_AT_KEPT:  # ids never waited on here
             forgotten = next(iter(self._accepted_at))
             self._accepted_at.pop(forgotten)
+            if receiver is not None:
+                receiver.unwatch(forgotten)
             if self.account_queue is not None:
                 self.account_queue.finished(forgotten, accepted_at)
         return prediction
@@ -306,7 +352,8 @@ class WaveSpeedClient:
 
         A prediction this client submitted is polled on a schedule learned per ``model``, timed
         from the moment its submit was answered; any other (its age unknown, e.g. resumed from an
-        earlier run) on a growing interval.
+        earlier run) on a growing interval. In webhook mode a delivery ends the wait as soon as it
+        arrives, and polls only catch lost deliveries (see :mod:`tasks.webhooks`).
         Returns the terminal prediction (completed *or* failed); raises
         :class:`PredictionTimeoutError` at the deadline. Unknown statuses mean "keep waiting".
         """
@@ -324,41 +371,99 @@ class WaveSpeedClient:
             queue=self.account_queue if accepted_at is not None else None,
             prediction_id=prediction_id,
         )
-        status = "unknown"
-        polls = 0
+        receiver = self.webhooks
+        if receiver is not None and not receiver.watches(prediction_id):
+            receiver = None  # not submitted with the webhook
+        delivered = False
         try:
-            while True:
-                pause = await schedule.next_pause(polls, status, deadline)
-                if pause is None:
-                    continue
-                await asyncio.sleep(min(max(pause, 0.0), max(0.0, deadline - time.monotonic())))
-                try:
-                    prediction = await self.get_prediction(prediction_id, deadline=deadline)
-                except (
-                    NoResponseError,
-                    RequestNotSentError,
-                    RateLimitError,
-                    ServerError,
-                    InvalidResponseError,
-                ):
-                    if time.monotonic() >= deadline:
-                        raise PredictionTimeoutError(
-                            prediction_id, time.monotonic() - started, status
-                        ) from None
-                    raise
-                polls += 1
-                status = prediction.status
-                schedule.observe(status)
-                if prediction.is_terminal:
-                    if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
-                        self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
-                    return prediction
-                if time.monotonic() >= deadline:
-                    raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
+            if receiver is None:
+                prediction = await self._poll_until_terminal(prediction_id, schedule, started, deadline)
+            else:
+                prediction, delivered = await self._delivery_or_poll(
+                    receiver, prediction_id, schedule, started, deadline
+                )
+            if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
+                self.durations.add(model or prediction.model, prediction.execution_time_ms / 1000)
+            return prediction
         finally:
             schedule.close()
             if self.account_queue is not None:  # terminal, or no longer followed here: a slot frees
-                self.account_queue.finished(prediction_id, time.monotonic() - schedule.expected_lag_s())
+                lag = 0.0 if delivered else schedule.expected_lag_s()
+                self.account_queue.finished(prediction_id, time.monotonic() - lag)
+
+    async def _delivery_or_poll(
+        self,
+        receiver: WebhookReceiver,
+        prediction_id: str,
+        schedule: PollSchedule,
+        started: float,
+        deadline: float,
+    ) -> tuple[Prediction, bool]:
+        """The delivered prediction (True) or, failing that, the one the polls found (False)."""
+        arrived = receiver.waiter(prediction_id)
+        polling = asyncio.ensure_future(
+            self._poll_until_terminal(
+                prediction_id,
+                schedule,
+                started,
+                deadline,
+                put_off=lambda: receiver.poll_grace_s if receiver.trusted else 0.0,
+            )
+        )
+        try:
+            either: list[asyncio.Future[Any]] = [arrived, polling]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not polling.done():
+                polling.cancel()
+                await asyncio.wait({polling})
+            arrived.cancel()
+        try:
+            delivery = receiver.take(prediction_id)
+            if delivery is not None:
+                return delivery, True
+            prediction = polling.result()
+            if receiver.trusted:
+                receiver.missed(prediction_id)
+            return prediction, False
+        finally:
+            receiver.unwatch(prediction_id)
+
+    async def _poll_until_terminal(
+        self,
+        prediction_id: str,
+        schedule: PollSchedule,
+        started: float,
+        deadline: float,
+        put_off: Callable[[], float] = lambda: 0.0,
+    ) -> Prediction:
+        status = "unknown"
+        polls = 0
+        while True:
+            pause = await schedule.next_pause(polls, status, deadline)
+            if pause is None:
+                continue
+            pause = max(pause, 0.0) + put_off()
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            try:
+                prediction = await self.get_prediction(prediction_id, deadline=deadline)
+            except (
+                NoResponseError,
+                RequestNotSentError,
+                RateLimitError,
+                ServerError,
+                InvalidResponseError,
+            ):
+                if time.monotonic() >= deadline:
+                    raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status) from None
+                raise
+            polls += 1
+            status = prediction.status
+            schedule.observe(status)
+            if prediction.is_terminal:
+                return prediction
+            if time.monotonic() >= deadline:
+                raise PredictionTimeoutError(prediction_id, time.monotonic() - started, status)
 
     async def get_balance(self) -> float:
         """Account balance in USD. Also the cheapest authenticated call: the flow uses it to check

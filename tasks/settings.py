@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
@@ -32,12 +33,39 @@ class WaveSpeedSettings(BaseSettings):
     poll_backoff: float = Field(default=1.5, ge=1.0, description="Interval growth factor per poll.")
     wait_timeout_s: float = Field(default=900.0, gt=0, description="Overall deadline for one prediction.")
 
+    webhook_url: str | None = Field(
+        default=None,
+        description="Public http(s) URL that reaches webhook_listen (reverse proxy, tunnel): WaveSpeed "
+        "POSTs each finished prediction there and the run learns of it at once. Unset: polls only.",
+    )
+    webhook_listen: str = Field(
+        default="127.0.0.1:8787", description="host:port the webhook receiver binds (webhook_url only)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Webhook signing secret; default: asked of GET /api/v3/webhook/secret."
+    )
+    webhook_poll_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="While deliveries arrive, polls are put off by this much (they only catch lost ones).",
+    )
+
     request_attempts: int = Field(default=6, ge=1, description="Attempts for idempotent requests.")
     retry_initial_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=30.0, ge=0)
 
     max_output_bytes: int = Field(default=2 * 1024**3, gt=0, description="Refuse outputs larger than this.")
     concurrency: int = Field(default=2, ge=1, description="Predictions in flight (Bronze tier allows 2).")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("webhook_url must be an http(s) URL (WaveSpeed wants https)")
+        return value.strip()
 
     def require_api_key(self) -> SecretStr:
         if self.api_key is None or not self.api_key.get_secret_value().strip():
