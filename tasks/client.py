@@ -225,19 +225,19 @@ class WaveSpeedClient:
         await self._submits.aclose()
         await self._public.aclose()
 
-    async def start_webhooks(self) -> bool:
+    async def start_webhooks(self) -> None:
         """Receive finished predictions on ``webhook_listen`` and have later submits delivered to
-        ``webhook_url``. When that cannot be set up, say why and go on polling (False)."""
+        ``webhook_url``. When that cannot be set up, say why and go on polling."""
         s = self.settings
         if self.webhooks is not None or not s.webhook_url:
-            return self.webhooks is not None
+            return
         try:
             secret = s.webhook_secret or await self.get_webhook_secret()
             receiver = WebhookReceiver(secret, s.webhook_listen, poll_grace_s=s.webhook_poll_grace_s)
             await asyncio.to_thread(receiver.start)
         except (WaveSpeedError, OSError, ValueError) as exc:
             logger.warning("webhook mode off, polling instead: %s", exc)
-            return False
+            return
         self.webhooks = receiver
         logger.info(
             "webhook mode: finished predictions are delivered to %s (listening on %s:%d)",
@@ -245,7 +245,6 @@ class WaveSpeedClient:
             receiver.host,
             receiver.port,
         )
-        return True
 
     async def get_webhook_secret(self) -> SecretStr:
         """The account's webhook signing secret (``whsec_...``)."""
@@ -374,12 +373,12 @@ class WaveSpeedClient:
         receiver = self.webhooks
         if receiver is not None and not receiver.watches(prediction_id):
             receiver = None  # not submitted with the webhook
-        delivered = False
+        ended_at: float | None = None  # when it finished, as far as known (for the account queue)
         try:
             if receiver is None:
                 prediction = await self._poll_until_terminal(prediction_id, schedule, started, deadline)
             else:
-                prediction, delivered = await self._delivery_or_poll(
+                prediction, ended_at = await self._delivery_or_poll(
                     receiver, prediction_id, schedule, started, deadline
                 )
             if prediction.succeeded and prediction.execution_time_ms and (model or prediction.model):
@@ -388,8 +387,9 @@ class WaveSpeedClient:
         finally:
             schedule.close()
             if self.account_queue is not None:  # terminal, or no longer followed here: a slot frees
-                lag = 0.0 if delivered else schedule.expected_lag_s()
-                self.account_queue.finished(prediction_id, time.monotonic() - lag)
+                if ended_at is None:
+                    ended_at = time.monotonic() - schedule.expected_lag_s()
+                self.account_queue.finished(prediction_id, ended_at)
 
     async def _delivery_or_poll(
         self,
@@ -398,35 +398,38 @@ class WaveSpeedClient:
         schedule: PollSchedule,
         started: float,
         deadline: float,
-    ) -> tuple[Prediction, bool]:
-        """The delivered prediction (True) or, failing that, the one the polls found (False)."""
-        arrived = receiver.waiter(prediction_id)
-        polling = asyncio.ensure_future(
-            self._poll_until_terminal(
-                prediction_id,
-                schedule,
-                started,
-                deadline,
-                put_off=lambda: receiver.poll_grace_s if receiver.trusted else 0.0,
+    ) -> tuple[Prediction, float]:
+        """The delivered prediction or, failing that, the one the polls found; and about when it
+        finished (monotonic): the delivery's arrival, or the poll less its usual and added delay."""
+        put_off_s = 0.0
+
+        def put_off() -> float:
+            # The account queue's probe must go out early; other polls only catch lost deliveries.
+            nonlocal put_off_s
+            put_off_s = receiver.poll_grace_s if receiver.trusted and not schedule.probing else 0.0
+            return put_off_s
+
+        try:
+            arrived = receiver.waiter(prediction_id)
+            polling = asyncio.ensure_future(
+                self._poll_until_terminal(prediction_id, schedule, started, deadline, put_off=put_off)
             )
-        )
-        try:
-            either: list[asyncio.Future[Any]] = [arrived, polling]
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not polling.done():
-                polling.cancel()
-                await asyncio.wait({polling})
-            arrived.cancel()
-        try:
+            try:
+                either: list[asyncio.Future[Any]] = [arrived, polling]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not polling.done():
+                    polling.cancel()
+                    await asyncio.wait({polling})
+                arrived.cancel()
             delivery = receiver.take(prediction_id)
             if delivery is not None:
-                return delivery, True
+                return delivery
             prediction = polling.result()
             if receiver.trusted:
                 receiver.missed(prediction_id)
-            return prediction, False
-        finally:
+            return prediction, time.monotonic() - schedule.expected_lag_s() - put_off_s
+        finally:  # also when cancelled: nothing is kept for this prediction
             receiver.unwatch(prediction_id)
 
     async def _poll_until_terminal(

@@ -273,6 +273,11 @@ class PollSchedule:
         self._seen_started = False  # a poll found it past `created`: it waits in no queue
         self.role: Role | None = None
 
+    @property
+    def probing(self) -> bool:
+        """The next poll is the account queue's probe (it must not be put off)."""
+        return self._probing
+
     def expected_lag_s(self) -> float:
         """How long after completing a prediction on this schedule is noticed, on average. The
         account queue dates a prediction's end this much before its notice: dated at the notice,

@@ -34,6 +34,7 @@ logger = logging.getLogger("hy3d.webhooks")
 TOLERANCE_S = 300.0  # deliveries signed longer ago (or ahead) than this are refused (the docs' rule)
 MISSES_BEFORE_DISTRUST = 3
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a prediction object is a few kB
+EARLY_KEPT = 1024  # deliveries that came before their submit's answer was read (see watch)
 START_TIMEOUT_S = 10.0
 
 Scope = dict[str, Any]
@@ -43,7 +44,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class WebhookRejected(Exception):
-    """A delivery that is not provably from WaveSpeed (answered 401 or 400)."""
+    """A delivery that is not provably from WaveSpeed (answered 401)."""
+
+
+class WebhookBodyError(WebhookRejected):
+    """Signed, but not a prediction (answered 400: sending it again will not help)."""
 
 
 def expected_signature(secret: SecretStr, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -61,21 +66,24 @@ def verify_delivery(
     signatures = headers.get("webhook-signature", "")
     if not (webhook_id and timestamp and signatures):
         raise WebhookRejected("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        signed_at = float(timestamp)
-    except ValueError:
-        raise WebhookRejected("webhook-timestamp is not a number") from None
-    if abs((time.time() if now is None else now) - signed_at) > TOLERANCE_S:
+    if not timestamp.isascii() or not timestamp.isdigit():
+        raise WebhookRejected("webhook-timestamp is not a whole number of seconds")
+    if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_S:
         raise WebhookRejected(f"webhook-timestamp more than {TOLERANCE_S:g} s away")
-    wanted = expected_signature(secret, webhook_id, timestamp, body)
-    # "v3,<hex>", possibly several space-separated (key rotation): one match is enough.
-    candidates = [part.partition(",")[2] for part in signatures.split()]
+    wanted = expected_signature(secret, webhook_id, timestamp, body).encode()
+    # "v3,<hex>", possibly several space-separated (key rotation): one match is enough. Compared
+    # as bytes: compare_digest refuses str with characters beyond ASCII, which anyone can send.
+    candidates = [
+        value.encode("latin-1", "replace")
+        for scheme, _, value in (part.partition(",") for part in signatures.split())
+        if scheme == "v3"
+    ]
     if not any(hmac.compare_digest(wanted, candidate) for candidate in candidates):
         raise WebhookRejected("signature does not match")
     try:
         return Prediction.model_validate(json.loads(body))
     except (ValueError, TypeError) as exc:
-        raise WebhookRejected(f"body is not a prediction: {type(exc).__name__}") from None
+        raise WebhookBodyError(f"signed body is not a prediction: {type(exc).__name__}") from None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -97,7 +105,8 @@ class WebhookReceiver:
         self.poll_grace_s = poll_grace_s
         self._lock = threading.Lock()
         self._watched: set[str] = set()
-        self._delivered: dict[str, Prediction] = {}
+        self._delivered: dict[str, tuple[Prediction, float]] = {}  # with its arrival (monotonic)
+        self._early: dict[str, tuple[Prediction, float]] = {}
         self._waiters: dict[str, list[Waiter]] = {}
         self._deliveries = 0
         self._misses = 0
@@ -130,6 +139,7 @@ class WebhookReceiver:
         give_up = time.monotonic() + START_TIMEOUT_S
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > give_up:
+                self.stop()
                 raise OSError(f"webhook receiver did not start on {self.host}:{self.port}")
             time.sleep(0.01)
 
@@ -148,15 +158,17 @@ class WebhookReceiver:
         with self._lock:
             return self._deliveries > 0 and self._misses < MISSES_BEFORE_DISTRUST
 
-    @property
-    def deliveries(self) -> int:
-        with self._lock:
-            return self._deliveries
-
     def watch(self, prediction_id: str) -> None:
-        """Keep a delivery for this prediction (submitted with the webhook) until :meth:`unwatch`."""
+        """Keep a delivery for this prediction (submitted with the webhook) until :meth:`unwatch`.
+        One that came already (a prediction that failed at once can be delivered before its
+        submit's answer is read) is taken over."""
         with self._lock:
             self._watched.add(prediction_id)
+            early = self._early.pop(prediction_id, None)
+            if early is not None:
+                self._delivered[prediction_id] = early
+                self._deliveries += 1
+                self._misses = 0
 
     def watches(self, prediction_id: str) -> bool:
         with self._lock:
@@ -169,7 +181,8 @@ class WebhookReceiver:
             waiters = self._waiters.pop(prediction_id, [])
         wake(waiters)
 
-    def take(self, prediction_id: str) -> Prediction | None:
+    def take(self, prediction_id: str) -> tuple[Prediction, float] | None:
+        """The delivered prediction and when it arrived (monotonic), if it has."""
         with self._lock:
             return self._delivered.pop(prediction_id, None)
 
@@ -198,12 +211,20 @@ class WebhookReceiver:
             )
 
     def _delivered_now(self, prediction: Prediction) -> None:
+        if not prediction.is_terminal:
+            return
+        arrival = (prediction, time.monotonic())
         with self._lock:
+            if prediction.id not in self._watched:
+                # Too early, or for no wait of this client (late, replayed, another run's): it
+                # says nothing about whether deliveries reach the waits.
+                self._early[prediction.id] = arrival
+                while len(self._early) > EARLY_KEPT:
+                    del self._early[next(iter(self._early))]
+                return
             self._deliveries += 1
             self._misses = 0
-            if prediction.id not in self._watched or not prediction.is_terminal:
-                return
-            self._delivered[prediction.id] = prediction
+            self._delivered[prediction.id] = arrival
             waiters = self._waiters.pop(prediction.id, [])
         wake(waiters)
 
@@ -236,7 +257,11 @@ class WebhookReceiver:
             prediction = verify_delivery(self._secret, headers, bytes(body))
         except WebhookRejected as exc:
             self._rejected(str(exc))
-            await _answer(send, 401)
+            await _answer(send, 400 if isinstance(exc, WebhookBodyError) else 401)
+            return
+        except Exception as exc:  # whatever a stranger sends: no traceback per request
+            self._rejected(f"unreadable request: {type(exc).__name__}")
+            await _answer(send, 400)
             return
         self._delivered_now(prediction)
         await _answer(send, 204)
@@ -247,4 +272,4 @@ async def _answer(send: Send, status: int) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-__all__ = ["WebhookReceiver", "WebhookRejected", "parse_listen", "verify_delivery"]
+__all__ = ["WebhookBodyError", "WebhookReceiver", "WebhookRejected", "parse_listen", "verify_delivery"]
