@@ -427,7 +427,7 @@ class WaveSpeedClient:
                 return delivery
             prediction = polling.result()
             if receiver.trusted:
-                receiver.missed(prediction_id)
+                receiver.missed()
             return prediction, time.monotonic() - schedule.expected_lag_s() - put_off_s
         finally:  # also when cancelled: nothing is kept for this prediction
             receiver.unwatch(prediction_id)

@@ -196,7 +196,7 @@ class WebhookReceiver:
                 self._waiters.setdefault(prediction_id, []).append(waiter)
         return waiter[1]
 
-    def missed(self, prediction_id: str) -> None:
+    def missed(self) -> None:
         """A poll found this prediction finished although deliveries were trusted to tell."""
         with self._lock:
             self._misses += 1
