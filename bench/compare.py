@@ -71,7 +71,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -963,23 +963,35 @@ def phases(stats: dict[str, Any]) -> str:
 QUEUED_S = 0.5  # a prediction that waited longer than this for a slot of the account was queued
 
 
+def queued_ids(stats: dict[str, Any]) -> set[str]:
+    """The predictions that waited longer than QUEUED_S in the account's queue."""
+    accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
+    return {pid for pid in started if pid in accepted and started[pid] - accepted[pid] > QUEUED_S}
+
+
+def group_lags_and_polls(stats: dict[str, Any], group: Collection[str]) -> tuple[list[float], float]:
+    """The notice lags of a group's completed predictions, and the group's mean polls."""
+    done, noticed = stats.get("completed_at") or {}, stats.get("noticed_at") or {}
+    polls = stats.get("polls_by_prediction") or {}
+    lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
+    return lags, sum(polls.get(pid, 0) for pid in group) / max(1, len(group))
+
+
 def queued_split(stats: dict[str, Any]) -> str:
     """Polls and notice lag of the predictions that waited in the account's queue and of the rest
     (empty when none waited): queue headroom's cost shows there."""
-    accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
-    done, noticed = stats.get("completed_at") or {}, stats.get("noticed_at") or {}
-    polls = stats.get("polls_by_prediction") or {}
+    started = stats.get("started_at") or {}
     first_poll = stats.get("first_poll_at") or {}
-    queued = {pid for pid in started if pid in accepted and started[pid] - accepted[pid] > QUEUED_S}
+    queued = queued_ids(stats)
     if not queued:
         return ""
     parts = []
     for label, group in (("queued", queued), ("not queued", set(started) - queued)):
-        lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
+        lags, mean_polls = group_lags_and_polls(stats, group)
         to_poll = sorted(first_poll[pid] - started[pid] for pid in group if pid in first_poll)
         if group and lags and to_poll:
             parts.append(
-                f"{label} {len(group)}: {sum(polls.get(pid, 0) for pid in group) / len(group):.2f} polls, "
+                f"{label} {len(group)}: {mean_polls:.2f} polls, "
                 f"lag mean {sum(lags) / len(lags):.2f} s, started -> 1st poll median "
                 f"{to_poll[len(to_poll) // 2]:.2f} s"
             )
@@ -989,25 +1001,24 @@ def queued_split(stats: dict[str, Any]) -> str:
 def by_acceptance(stats: dict[str, Any], window_s: float) -> list[str]:
     """Lag, polls and queued share of the predictions accepted in each ``window_s`` from the first
     accept: the first wave, the transition after it and the steady state behave differently."""
-    accepted, started = stats.get("accepted_at") or {}, stats.get("started_at") or {}
-    done, noticed = stats.get("completed_at") or {}, stats.get("noticed_at") or {}
-    polls = stats.get("polls_by_prediction") or {}
+    accepted = stats.get("accepted_at") or {}
     if not accepted:
         return []
     origin = min(accepted.values())
     windows: dict[int, list[str]] = {}
     for pid, at in accepted.items():
         windows.setdefault(int((at - origin) // window_s), []).append(pid)
+    all_queued = queued_ids(stats)
     rows = []
     for index in sorted(windows):
         group = windows[index]
-        lags = [noticed[pid] - done[pid] for pid in group if pid in done and pid in noticed]
-        queued = sum(1 for pid in group if pid in started and started[pid] - accepted[pid] > QUEUED_S)
+        lags, mean_polls = group_lags_and_polls(stats, group)
+        queued = sum(1 for pid in group if pid in all_queued)
         if lags:
             rows.append(
                 f"{index * window_s:.0f}-{(index + 1) * window_s:.0f} s: {len(group)} accepted, "
                 f"{100 * queued / len(group):.0f} % queued, lag mean {sum(lags) / len(lags):.2f} s, "
-                f"{sum(polls.get(pid, 0) for pid in group) / len(group):.2f} polls"
+                f"{mean_polls:.2f} polls"
             )
     return rows
 

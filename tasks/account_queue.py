@@ -34,14 +34,13 @@ processing (the account allows more than the run's ``concurrency``) counts again
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from tasks.wakeups import Waiter, new_waiter, wake
+from tasks.wakeups import Waiter, new_waiter, sleep_on, wake
 
 REFUTATIONS = 3  # probes answering "not queued" before the model is switched off
 
@@ -171,7 +170,7 @@ class AccountQueue:
                 return
             entry.waiters.append(waiter)
         try:
-            await asyncio.wait([waiter[1]], timeout=max(0.0, timeout))
+            await sleep_on(waiter, timeout)
         finally:
             with self._lock, contextlib.suppress(ValueError):
                 entry.waiters.remove(waiter)

@@ -24,7 +24,6 @@ sleeps and polls. The rest is pure.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import math
 import threading
@@ -34,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tasks.account_queue import AccountQueue
-from tasks.wakeups import Waiter, new_waiter, wake
+from tasks.wakeups import Waiter, new_waiter, sleep_on, wake
 
 MIN_SAMPLES = 3  # durations of a model before its polls are planned
 SCOUTS = 4  # waits per model that poll early while no duration is known
@@ -228,8 +227,7 @@ class DurationEstimator:
                 return True
             self._waiters.setdefault(model, []).append(entry)
         try:
-            done, _ = await asyncio.wait([entry[1]], timeout=max(0.0, timeout))
-            return bool(done)
+            return await sleep_on(entry, timeout)
         finally:
             with self._lock:
                 waiters = self._waiters.get(model, [])

@@ -16,6 +16,12 @@ def new_waiter() -> Waiter:
     return loop, loop.create_future()
 
 
+async def sleep_on(waiter: Waiter, timeout: float) -> bool:
+    """Sleep until the waiter is woken (True) or ``timeout`` seconds pass (False)."""
+    done, _ = await asyncio.wait([waiter[1]], timeout=max(0.0, timeout))
+    return bool(done)
+
+
 def wake(waiters: Iterable[Waiter]) -> None:
     for loop, future in waiters:
         # A waiter whose loop has closed meanwhile has nothing left to wake.

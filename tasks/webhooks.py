@@ -175,11 +175,11 @@ class WebhookReceiver:
             return prediction_id in self._watched
 
     def unwatch(self, prediction_id: str) -> None:
+        """Forget the prediction: its wait is over (its own waiter cancelled), or it never had one."""
         with self._lock:
             self._watched.discard(prediction_id)
             self._delivered.pop(prediction_id, None)
-            waiters = self._waiters.pop(prediction_id, [])
-        wake(waiters)
+            self._waiters.pop(prediction_id, None)
 
     def take(self, prediction_id: str) -> tuple[Prediction, float] | None:
         """The delivered prediction and when it arrived (monotonic), if it has."""
