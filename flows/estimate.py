@@ -13,7 +13,7 @@ from prefect.results import ResultStore
 
 from flows.pipeline import already_done
 from flows.prepare import PreparedItem
-from tasks.client import WaveSpeedClient
+from tasks.client import Price, WaveSpeedClient
 from tasks.errors import AuthenticationError, WaveSpeedError
 from tasks.ledger import PredictionLedger
 from tasks.storage import Storage
@@ -27,8 +27,8 @@ class Estimate:
     to_pay: int = 0  # unique contents that need a new submit
     total_usd: float | None = 0.0  # None when some price could not be read
     balance_usd: float | None = None
-    unit_prices: dict[str, float | None] = field(default_factory=dict)  # inputs (JSON) -> price
-    price_by_key: dict[str, float | None] = field(default_factory=dict)  # content key -> price
+    unit_prices: dict[str, Price | None] = field(default_factory=dict)  # inputs (JSON) -> price
+    price_by_key: dict[str, float | None] = field(default_factory=dict)  # content key -> USD billed
 
     def lines(self) -> list[str]:
         lines = [
@@ -38,7 +38,13 @@ class Estimate:
             f"to pay for: {self.to_pay}",
         ]
         for inputs, price in self.unit_prices.items():
-            shown = f"${price:.4f}" if price is not None else "unknown"
+            shown = "unknown"
+            if price is not None and price.discounted_usd is not None:
+                shown = (
+                    f"${price.discounted_usd:.4f} (discounted from ${price.list_usd:.4f}; the total uses it)"
+                )
+            elif price is not None:
+                shown = f"${price.list_usd:.4f}"
             lines.append(f"price per item: {shown}" + (f" (inputs {inputs})" if inputs != "{}" else ""))
         lines.append(f"total: ${self.total_usd:.4f}" if self.total_usd is not None else "total: unknown")
         if self.balance_usd is not None:
@@ -59,9 +65,9 @@ async def _cached(store: ResultStore, key: str) -> bool:
 
 async def price_items(
     client: WaveSpeedClient, prepared: list[PreparedItem]
-) -> tuple[dict[str, float | None], dict[str, float | None]]:
+) -> tuple[dict[str, Price | None], dict[str, float | None]]:
     """(price per distinct inputs, price per content key); None where WaveSpeed would not say."""
-    unit_prices: dict[str, float | None] = {}
+    unit_prices: dict[str, Price | None] = {}
     by_key: dict[str, float | None] = {}
     for entry in prepared:
         inputs_key = _inputs_key(entry.request.inputs)
@@ -72,7 +78,8 @@ async def price_items(
                 raise
             except WaveSpeedError:
                 unit_prices[inputs_key] = None
-        by_key[entry.request.content_key] = unit_prices[inputs_key]
+        price = unit_prices[inputs_key]
+        by_key[entry.request.content_key] = None if price is None else price.billed_usd
     return unit_prices, by_key
 
 
@@ -103,9 +110,8 @@ async def estimate_cost(
             continue  # the same content under another id: one prediction serves both
         seen.add(key)
         recorded = await asyncio.to_thread(ledger.read, key) if ledger is not None else None
-        if (recorded is not None and recorded.state == "submitted" and not recorded.expired) or await _cached(
-            store, key
-        ):
+        paid = recorded is not None and recorded.state == "submitted" and not recorded.expired
+        if paid or await _cached(store, entry.request.cache_key):
             estimate.already_paid += 1
             continue
         pending.append(entry)

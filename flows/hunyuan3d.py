@@ -128,9 +128,11 @@ def _check_inputs(spec: ModelSpec, inputs: dict[str, Any]) -> None:
 def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
     """One invalid item per rejected row, however many problems the row has."""
     by_row: dict[int, list[str]] = {}
+    ids: dict[int, str] = {}
     for error in errors:
         by_row.setdefault(error.row, []).append(str(error))
-    return [_invalid("; ".join(messages), row, f"row-{row}", "") for row, messages in by_row.items()]
+        ids[error.row] = error.id or f"row-{error.row}"
+    return [_invalid("; ".join(messages), row, ids[row], "") for row, messages in by_row.items()]
 
 
 def _summary_name(started_at: str, run_id: str | None) -> str:
@@ -418,6 +420,7 @@ async def generate_meshes(
         problems=problems,
         stop_reason=ctx.stop_reason,
         cost_usd=ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None,
+        refund_usd=ctx.refund_usd,
     )
     name = _summary_name(started_at, run_id)
     summary.summary_url = storage.url(RUNS_FOLDER, name)
@@ -426,6 +429,8 @@ async def generate_meshes(
     summary.gallery_url = await publish_gallery(storage, summary, max_backfill=200 if ctx.previews else 0)
     await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    if summary.cost_line():
+        logger.info("%s", summary.cost_line())
     if summary.gallery_url:
         logger.info("gallery: %s", summary.gallery_url)
     for advice in summary.advice:

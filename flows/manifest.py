@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -109,6 +110,8 @@ class RowProblem:
     message: str
     manifest: str = ""
     """Short name of the manifest (its file name) shown in front of the row number."""
+    id: str | None = None
+    """The row's id when it has a usable one (the summary names a rejected row by it)."""
 
     def __str__(self) -> str:
         where = f"{self.manifest} row {self.row}" if self.manifest else f"row {self.row}"
@@ -622,7 +625,7 @@ class _Loader:
                     resolved = outcome
         item_id = self._check_id(raw, resolved, problems)
         if problems or resolved is None or item_id is None:
-            self.errors.extend(problems)
+            self.errors.extend(dataclasses.replace(problem, id=item_id) for problem in problems)
             return
         self.items.append(
             ManifestItem(raw.row, item_id, resolved.image, resolved.is_url, fields, extra_images)

@@ -38,7 +38,7 @@ from tasks.errors import (
     SubmitOutcomeUnknownError,
     WaveSpeedError,
 )
-from tasks.fetch import FetchedMesh, fetch, fetch_outputs
+from tasks.fetch import FetchedFile, FetchedMesh, fetch, fetch_outputs
 from tasks.images import ImageInfo
 from tasks.ledger import RETENTION, PredictionLedger
 from tasks.limits import BudgetExceededError, SubmitThrottle, in_flight_slot
@@ -86,6 +86,7 @@ class RunContext:
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
+    refund_usd: float = 0.0  # what failed predictions paid for in this run will have refunded
     # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
     # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
     queue_headroom: int = 0
@@ -104,6 +105,11 @@ class RunContext:
         """Per-item success lines: INFO in small runs; DEBUG in large ones, where a line per item
         costs more than it tells (failures are always logged, the summary counts the rest)."""
         self.logger.log(logging.INFO if self.task_runs else logging.DEBUG, message, *args)
+
+    def note_refund(self, prepared: PreparedItem, prediction: Prediction, reused: bool) -> None:
+        """WaveSpeed refunds a failed prediction within 3 hours: count those this run paid for."""
+        if not reused and prediction.is_terminal and not prediction.succeeded:
+            self.refund_usd += self.prices.get(prepared.request.content_key) or 0.0
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -131,7 +137,7 @@ async def _submit(
         # Paid for elsewhere (another output, same result storage): note it in this output's ledger too.
         await ctx.storage.small_io(
             ctx.ledger.record_submitted,
-            submitted.content_key,
+            prepared.request.content_key,
             submitted.prediction_id,
             submitted.model,
             prepared.request.api_root,
@@ -147,7 +153,7 @@ async def _submit_without_task_run(
     same result storage, so both modes share the never-pay-twice guarantee."""
     store = ctx.result_store
     assert store is not None
-    key = prepared.request.content_key
+    key = prepared.request.cache_key
     if not fresh:
         try:
             cached = await _result_io(store, _cached_submission, store, key)
@@ -202,6 +208,17 @@ async def _from_ledger(
         return None
     if entry.prediction_id is None:
         return None
+    if entry.api_root.rstrip("/") != prepared.request.api_root.rstrip("/"):
+        # Only the API that made a prediction can answer for it: from here its outcome is unknown.
+        here = prepared.request.api_root
+        reason = f"prediction {entry.prediction_id} was made through {entry.api_root}, not {here}"
+        if not ctx.resubmit_unknown:
+            raise SubmitOutcomeUnknownError(
+                f"{reason}; re-run with WAVESPEED_BASE_URL={entry.api_root} to fetch its mesh, or with "
+                "resubmit_unknown / --resubmit-unknown to pay for a new one"
+            )
+        warnings.append(f"resubmitted: {reason}")
+        return None
     if entry.expired:
         warnings.append(
             f"prediction {entry.prediction_id} from {entry.recorded_at} is past WaveSpeed's 7-day "
@@ -250,6 +267,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
         prediction = await _wait(ctx, submitted)
     if prediction.status == "failed" and prediction.code in TRANSIENT_TASK_CODES and ctx.retry_failed:
+        ctx.note_refund(prepared, prediction, reused)
         warnings.append(
             f"prediction {prediction.id} failed with transient code {prediction.code}; "
             "submitted again as asked (retry_failed, billed)"
@@ -257,6 +275,7 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         ctx.logger.warning("%s: %s", prepared.item.id, warnings[-1])
         submitted, reused = (await _submit(ctx, prepared, fresh=True))[0], False
         prediction = await _wait(ctx, submitted)
+    ctx.note_refund(prepared, prediction, reused)
     return PredictionResult(submitted, prediction, reused, tuple(warnings))
 
 
@@ -280,7 +299,8 @@ def already_done(storage: Storage, prepared: PreparedItem) -> dict[str, Any] | N
     existing = storage.read_json(item_id, METADATA_FILE)
     if not isinstance(existing, dict) or existing.get("status") != ItemStatus.completed:
         return None
-    if existing.get("content_key") != prepared.request.content_key:
+    # Metadata written before the content key left out the API root holds what is now the cache key.
+    if existing.get("content_key") not in (prepared.request.content_key, prepared.request.cache_key):
         return None
     expected = (existing.get("output") or {}).get("bytes")
     if expected is None or storage.size(item_id, MESH_FILE) != expected:
@@ -390,6 +410,31 @@ def _image_record(image: ImageInput, info: ImageInfo | None) -> dict[str, Any]:
     }
 
 
+def _file_record(file: FetchedFile) -> dict[str, Any]:
+    return {
+        "path": file.url.rsplit("/", 1)[-1],
+        "source_url": file.source_url,
+        "kind": file.kind,
+        "bytes": file.size,
+        "sha256": file.sha256,
+    }
+
+
+def _output_record(mesh: FetchedMesh) -> dict[str, Any]:
+    """``output`` in metadata.json: the mesh, what it was converted from, the other files."""
+    original = mesh.original
+    return {
+        "source_url": mesh.source_url,
+        "path": MESH_FILE,
+        "url": mesh.url,
+        "bytes": mesh.size,
+        "sha256": mesh.sha256,
+        "converted_from": None if original is None else original.kind,
+        "original": None if original is None else _file_record(original),
+        "other_files": [_file_record(extra) for extra in mesh.extras],
+    }
+
+
 def _metadata(
     ctx: RunContext,
     prepared: PreparedItem,
@@ -418,6 +463,7 @@ def _metadata(
             "id": prediction.id,
             "status": prediction.status,
             "created_at": prediction.created_at,
+            **({"output_objects": prediction.output_objects} if prediction.output_objects else {}),
             "code": prediction.code,
             "error": prediction.error,
             "reused": result.reused if result else False,
@@ -430,19 +476,7 @@ def _metadata(
             "finished_at": utc_now(),
             "wall_seconds": outcome.seconds,
         },
-        output=None
-        if mesh is None
-        else {
-            "source_url": mesh.source_url,
-            "path": MESH_FILE,
-            "url": mesh.url,
-            "bytes": mesh.size,
-            "sha256": mesh.sha256,
-            "other_files": [
-                {"path": extra.url.rsplit("/", 1)[-1], "source_url": extra.source_url, "bytes": extra.size}
-                for extra in mesh.extras
-            ],
-        },
+        output=None if mesh is None else _output_record(mesh),
         mesh=mesh.stats.as_dict() if mesh else None,
         error=None if outcome.error is None else {"message": outcome.error, "code": outcome.error_code},
         warnings=list(result.warnings) if result else [],

@@ -99,7 +99,14 @@ class RunSummary(BaseModel):
     advice: list[str] = Field(default_factory=list, description="What to do about what did not land.")
     problems: list[str] = Field(default_factory=list, description="Manifest-level warnings.")
     stop_reason: str | None = Field(default=None, description="Why the run stopped early, if it did.")
-    cost_usd: float | None = Field(default=None, description="What this run's new submits cost.")
+    cost_usd: float | None = Field(
+        default=None,
+        description="What this run's new submits were billed (the discounted price when there is one).",
+    )
+    refund_usd: float | None = Field(
+        default=None,
+        description="Of that, what WaveSpeed refunds within 3 hours for predictions that failed.",
+    )
     summary_url: str | None = None
     gallery_url: str | None = None
 
@@ -116,6 +123,7 @@ class RunSummary(BaseModel):
         problems: list[str],
         stop_reason: str | None = None,
         cost_usd: float | None = None,
+        refund_usd: float | None = None,
     ) -> RunSummary:
         counts: dict[str, int] = {}
         for item in items:
@@ -141,7 +149,17 @@ class RunSummary(BaseModel):
             problems=problems,
             stop_reason=stop_reason,
             cost_usd=round(cost_usd, 6) if cost_usd is not None else None,
+            refund_usd=round(refund_usd, 6) if refund_usd is not None else None,
         )
+
+    def cost_line(self) -> str | None:
+        """What this run was billed and what comes back, for the log and the terminal."""
+        if self.cost_usd is None:
+            return None
+        line = f"cost: ${self.cost_usd:.4f} billed for new predictions"
+        if self.refund_usd:
+            line += f"; ${self.refund_usd:.4f} of it is refunded within 3 hours (failed predictions)"
+        return line
 
     def headline(self) -> str:
         parts = ", ".join(f"{count} {status}" for status, count in sorted(self.counts.items()))

@@ -104,7 +104,7 @@ def manifest_rows(loaded: Manifest) -> dict[int, tuple[str, str]]:
     """Every row a run reports on (valid or rejected) -> (id, source) as a run summary names them."""
     rows = {item.row: (item.id, item.image) for item in loaded.items}
     for problem in loaded.errors:
-        rows.setdefault(problem.row, (f"row-{problem.row}", ""))
+        rows.setdefault(problem.row, (problem.id or f"row-{problem.row}", ""))
     return rows
 
 
@@ -413,12 +413,13 @@ class _Shard:
 
 def _aggregate(
     outcomes: list[_Outcome], expected: dict[int, tuple[str, str]]
-) -> tuple[list[ItemOutcome], list[str], str | None, float | None]:
-    """Items by row (a later outcome for the same row wins), problems, stop reason and cost."""
+) -> tuple[list[ItemOutcome], list[str], str | None, float | None, float | None]:
+    """Items by row (a later outcome for the same row wins), problems, stop reason, cost and refund."""
     items: dict[int, ItemOutcome] = {}
     problems: list[str] = []
     stop_reason: str | None = None
     cost: float | None = None
+    refund: float | None = None
     for outcome in outcomes:
         chunk, result, summary = outcome.chunk, outcome.result, outcome.summary
         if summary is not None:
@@ -429,6 +430,8 @@ def _aggregate(
                 stop_reason = f"chunk {chunk.index}: {summary.stop_reason}"
             if summary.cost_usd is not None:
                 cost = (cost or 0.0) + summary.cost_usd
+            if summary.refund_usd is not None:
+                refund = (refund or 0.0) + summary.refund_usd
             continue
         if result.state == "Failed" and stop_reason is None:
             # Failed before it processed anything (configuration on the worker: key, storage...).
@@ -449,7 +452,7 @@ def _aggregate(
             f"{len(missing)} row(s) were not reported by any chunk ({shown}): the manifest changed while "
             "the run was going; run again"
         )
-    return [items[row] for row in sorted(items)], problems, stop_reason, cost
+    return [items[row] for row in sorted(items)], problems, stop_reason, cost, refund
 
 
 def _chunks_markdown(summary: ShardedRunSummary) -> str:
@@ -711,7 +714,7 @@ async def generate_meshes_sharded(
             logger.info("%d row(s) were claimed by another chunk; running them again", len(claimed))
             outcomes += await shard.run([again], len(chunks) + 1)
 
-    items, problems, stop_reason, cost = _aggregate(outcomes, expected)
+    items, problems, stop_reason, cost, refund = _aggregate(outcomes, expected)
     base = RunSummary.build(
         manifest=manifest,
         output=output,
@@ -722,6 +725,7 @@ async def generate_meshes_sharded(
         problems=problems + [str(warning) for warning in loaded.warnings if str(warning) not in problems],
         stop_reason=stop_reason,
         cost_usd=cost,
+        refund_usd=refund,
     )
     summary = ShardedRunSummary(
         **base.model_dump(),

@@ -130,6 +130,8 @@ def _print_summary(summary: Any) -> None:
     for item in summary.items:
         if not item.status.landed:
             print(f"  {item.id}: {item.status.value}: {item.error}")
+    if summary.cost_line():
+        print(summary.cost_line())
     for advice in summary.advice:
         print(f"- {advice}")
     if summary.summary_url:

@@ -1,4 +1,4 @@
-"""Async client for the WaveSpeed v3 REST API (see ``shared/wavespeed-api.md``).
+"""Async client for the WaveSpeed v3 REST API (the contract: docs/wavespeed-api.md).
 
 A plain client, no Prefect in here: the Prefect tasks are thin wrappers over it. Everything that
 can go wrong surfaces as a :mod:`tasks.errors` exception, and only idempotent requests are retried
@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -50,6 +51,7 @@ from tasks.webhooks import WebhookReceiver
 
 logger = logging.getLogger("hy3d.client")
 
+UNKNOWN_CONTENT_TYPE = "application/octet-stream"
 SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see __init__)
 ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
@@ -109,14 +111,29 @@ def decode_envelope(response: httpx.Response) -> dict[str, Any]:
         raise _error_for_status(response.status_code, _message_of(body, response), retry_after)
     if not isinstance(body, dict):
         raise InvalidResponseError(f"HTTP {response.status_code} with a body that is not a JSON object")
-    code = body.get("code", 200)
-    if isinstance(code, int) and code != 200:
-        # An error carried inside an HTTP 200 envelope.
-        raise _error_for_status(code if code >= 400 else 500, _message_of(body, response), None)
+    code = body.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+        # An error carried inside an HTTP 200 envelope (WaveSpeed's ComfyUI client checks for 401 there).
+        raise _error_for_status(code, _message_of(body, response), None)
     data = body.get("data")
+    if data is None and "id" in body and "status" in body:
+        data = body  # a bare prediction, as webhook deliveries carry it
     if not isinstance(data, dict):
         raise InvalidResponseError(f"HTTP {response.status_code} envelope without a data object")
     return data
+
+
+@dataclass(frozen=True)
+class Price:
+    """``POST /api/v3/model/price``: the list price and, when the account has one, its discount."""
+
+    list_usd: float
+    discounted_usd: float | None = None
+
+    @property
+    def billed_usd(self) -> float:
+        """What a prediction is charged: the discounted price when WaveSpeed gives one."""
+        return self.list_usd if self.discounted_usd is None else self.discounted_usd
 
 
 class WaveSpeedClient:
@@ -479,7 +496,7 @@ class WaveSpeedClient:
             raise InvalidResponseError("balance answer without a numeric data.balance")
         return float(balance)
 
-    async def get_price(self, model: str, inputs: Mapping[str, Any]) -> float:
+    async def get_price(self, model: str, inputs: Mapping[str, Any]) -> Price:
         """USD for one prediction of ``model`` with ``inputs`` (prices can depend on inputs)."""
         data = await self._call_with_retries(
             lambda: self._api.build_request(
@@ -488,9 +505,12 @@ class WaveSpeedClient:
             f"price of {model}",
         )
         price = data.get("price")
-        if not isinstance(price, int | float):
+        if not isinstance(price, int | float) or isinstance(price, bool):
             raise InvalidResponseError("price answer without a numeric data.price")
-        return float(price)
+        discounted = data.get("discounted_price")
+        if not isinstance(discounted, int | float) or isinstance(discounted, bool):
+            discounted = None
+        return Price(float(price), None if discounted is None else float(discounted))
 
     async def check_access(self) -> float | None:
         """Raise :class:`AuthenticationError` when the key is rejected; otherwise the balance, or
@@ -525,13 +545,10 @@ class WaveSpeedClient:
 
     async def upload_presigned(self, data: bytes, filename: str, content_type: str) -> str:
         async def attempt() -> str:
-            body = await self._call(
-                self._api.build_request(
-                    "POST",
-                    "/api/v3/media/uploads",
-                    json={"filename": filename, "size": len(data), "content_type": content_type},
-                )
-            )
+            ticket: dict[str, Any] = {"filename": filename, "size": len(data)}
+            if content_type and content_type != UNKNOWN_CONTENT_TYPE:
+                ticket["content_type"] = content_type  # as the official SDK: only when it is known
+            body = await self._call(self._api.build_request("POST", "/api/v3/media/uploads", json=ticket))
             upload = body.get("upload")
             if not isinstance(upload, dict) or not isinstance(upload.get("url"), str):
                 raise InvalidResponseError("upload answer without upload.url")
@@ -539,7 +556,8 @@ class WaveSpeedClient:
             if not isinstance(headers, dict):
                 raise InvalidResponseError("upload.headers is not an object")
             method = str(upload.get("method") or "PUT").upper()
-            # Exactly the headers the server gave, and no Authorization: the URL is pre-signed.
+            # Exactly the headers the server gave, and no Authorization: the URL is pre-signed, and a
+            # signed header we add or change makes the storage refuse the PUT.
             request = self._public.build_request(
                 method,
                 upload["url"],
@@ -547,6 +565,9 @@ class WaveSpeedClient:
                 headers={str(k): str(v) for k, v in headers.items()},
                 timeout=self.settings.upload_timeout_s,
             )
+            for name in self._public.headers:
+                if name.lower().startswith("x-client-") and name not in headers:
+                    del request.headers[name]
             response = await self._send(self._public, request)
             if not response.is_success:
                 raise _error_for_status(
@@ -594,4 +615,4 @@ class WaveSpeedClient:
             await response.aclose()
 
 
-__all__ = ["WaveSpeedClient", "WaveSpeedError", "decode_envelope"]
+__all__ = ["Price", "WaveSpeedClient", "WaveSpeedError", "decode_envelope"]

@@ -15,15 +15,18 @@ CHUNK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class DownloadedFile:
+    url: str
     path: str
     size: int
     sha256: str
+    content_type: str | None = None
 
 
 async def download_to_file(client: WaveSpeedClient, url: str, path: str, *, max_bytes: int) -> DownloadedFile:
     digest = hashlib.sha256()
     size = 0
     async with client.stream_output(url) as response:
+        content_type = response.headers.get("content-type")
         announced = response.headers.get("content-length")
         expected = int(announced) if announced and announced.isdigit() else None
         if expected is not None and expected > max_bytes:
@@ -42,4 +45,4 @@ async def download_to_file(client: WaveSpeedClient, url: str, path: str, *, max_
             ) from exc
     if expected is not None and size != expected:
         raise IncompleteDownloadError(f"received {size} of {expected} announced bytes")
-    return DownloadedFile(path=path, size=size, sha256=digest.hexdigest())
+    return DownloadedFile(url, path, size, digest.hexdigest(), content_type)

@@ -17,7 +17,8 @@ idempotency key, so callers must be able to tell "the server certainly did not t
     ├── SubmitOutcomeUnknownError    a submit that may have been accepted (and billed)
     ├── PredictionTimeoutError       the wait deadline passed before a terminal status
     └── DownloadError                an output could not be fetched or failed verification
-        └── IncompleteDownloadError  fewer bytes than announced, or a corrupt mesh: retry-safe
+        ├── IncompleteDownloadError  fewer bytes than announced, or a corrupt mesh: retry-safe
+        └── MeshConversionError      a mesh in another format that could not be made a GLB
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class DownloadError(WaveSpeedError):
 
 class IncompleteDownloadError(DownloadError):
     """The download ended short of its announced length, or the file is not a valid mesh."""
+
+
+class MeshConversionError(DownloadError):
+    """The mesh came in another format (OBJ, zip...) and could not be turned into a GLB."""
 
 
 def is_retry_safe(exc: BaseException) -> bool:

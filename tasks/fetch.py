@@ -1,27 +1,30 @@
 """The ``fetch`` task: stream a prediction's outputs into storage, verify, publish all-or-nothing.
 
-The mesh is chosen by extension (``.glb``; v3 models also return previews and other files); every
-other output is stored next to it and listed in the metadata.
+Outputs are downloaded to staging files first and told apart by content (:mod:`tasks.formats`):
+the best mesh among them becomes ``mesh.glb`` — as delivered when it is a GLB, converted when it is
+an OBJ, a zip or another format trimesh reads, the original then kept as ``original.<ext>``.
+Every other output (previews...) is stored next to it as ``output-N.<ext>``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import posixpath
+import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.client import WaveSpeedClient
+from tasks.convert import convert_to_glb
 from tasks.download import DownloadedFile, download_to_file
 from tasks.errors import DownloadError, is_transient
+from tasks.formats import SNIFF_BYTES, is_mesh, kind_of, mesh_rank
 from tasks.meshinfo import MeshStats, inspect_glb
 from tasks.retrying import retry_async
 from tasks.storage import Storage, discard
-
-MESH_EXTENSIONS = (".glb",)
 
 
 @dataclass(frozen=True)
@@ -30,82 +33,133 @@ class FetchedFile:
     source_url: str
     size: int
     sha256: str
+    kind: str | None = None  # what the content is (glb, obj, zip, png...), see tasks.formats
 
 
 @dataclass(frozen=True)
 class FetchedMesh(FetchedFile):
     stats: MeshStats = field(default_factory=lambda: MeshStats(0, 0, None))
     extras: tuple[FetchedFile, ...] = ()
+    original: FetchedFile | None = None  # the mesh as delivered, when it had to be converted
 
 
-def choose_mesh(outputs: list[str]) -> tuple[str, list[str]]:
-    """The mesh URL and the other outputs; raises DownloadError when no output is a GLB."""
-    for url in outputs:
-        if urlsplit(url).path.lower().endswith(MESH_EXTENSIONS):
-            return url, [other for other in outputs if other != url]
-    raise DownloadError(f"none of the {len(outputs)} output(s) is a .glb mesh: {outputs[:3]}")
+@dataclass(frozen=True)
+class _Staged:
+    file: DownloadedFile
+    kind: str | None
 
 
-def extra_name(index: int, url: str) -> str:
-    """``output-1.png``: numbered (names from the CDN are opaque and may collide), extension kept."""
-    extension = posixpath.splitext(urlsplit(url).path)[1].lower()
-    safe = extension if extension[1:].isalnum() and len(extension) <= 8 else ""
-    return f"output-{index}{safe}"
+def _sniff(downloaded: DownloadedFile) -> _Staged:
+    with open(downloaded.path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    return _Staged(downloaded, kind_of(downloaded.url, downloaded.content_type, head))
 
 
-def _verify_and_publish(
-    storage: Storage, staged: str, parts: tuple[str, ...], *, mesh: bool
-) -> MeshStats | None:
-    """One worker-thread hop for everything blocking after the download (thousands of items a run
-    make each hop count): check the mesh, then publish; the staged file is consumed either way."""
-    try:
-        stats = inspect_glb(staged) if mesh else None
-    except BaseException:
-        discard(staged)
-        raise
-    storage.publish(staged, *parts)
-    return stats
+async def _download(client: WaveSpeedClient, storage: Storage, url: str) -> _Staged:
+    """One output into a staging file, retried on transient failures, and what it is."""
 
-
-async def _download_and_publish(
-    client: WaveSpeedClient, url: str, storage: Storage, parts: tuple[str, ...], *, mesh: bool
-) -> tuple[DownloadedFile, MeshStats | None]:
-    async def attempt() -> tuple[DownloadedFile, MeshStats | None]:
-        staged = await storage.small_io(storage.staging_file, *parts)
+    async def attempt() -> _Staged:
+        staged = await storage.small_io(storage.staging_file, "output")
         try:
             downloaded = await download_to_file(
                 client, url, staged, max_bytes=client.settings.max_output_bytes
             )
+            return await asyncio.to_thread(_sniff, downloaded)
         except BaseException:
             await asyncio.to_thread(discard, staged)
             raise
-        stats = await asyncio.to_thread(_verify_and_publish, storage, staged, parts, mesh=mesh)
-        return downloaded, stats
 
-    return await retry_async(
-        attempt, on=is_transient, policy=client.retry_policy, what=f"download to {'/'.join(parts)}"
+    policy = client.retry_policy
+    return await retry_async(attempt, on=is_transient, policy=policy, what=f"download {url[:80]}")
+
+
+def _file_digest(path: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return os.path.getsize(path), digest.hexdigest()
+
+
+def _land_mesh(storage: Storage, staged: _Staged, item_id: str, mesh_name: str) -> FetchedMesh:
+    """Verify (converting first when it is not a GLB) and publish; blocking, one worker-thread hop.
+    The staged download is consumed either way."""
+    source = staged.file
+    if staged.kind == "glb":
+        try:
+            stats = inspect_glb(source.path)
+        except BaseException:
+            discard(source.path)
+            raise
+        storage.publish(source.path, item_id, mesh_name)
+        return FetchedMesh(
+            storage.url(item_id, mesh_name), source.url, source.size, source.sha256, "glb", stats
+        )
+    assert staged.kind is not None
+    converted = storage.staging_file(mesh_name)
+    try:
+        convert_to_glb(source.path, staged.kind, converted)
+        stats = inspect_glb(converted)
+        size, sha256 = _file_digest(converted)
+        original_name = f"original.{staged.kind}"
+        storage.publish(source.path, item_id, original_name)  # first: mesh.glb means all is there
+        storage.publish(converted, item_id, mesh_name)
+    finally:
+        discard(source.path)
+        discard(converted)
+    original = FetchedFile(
+        storage.url(item_id, original_name), source.url, source.size, source.sha256, staged.kind
     )
+    return FetchedMesh(
+        storage.url(item_id, mesh_name), source.url, size, sha256, "glb", stats, original=original
+    )
+
+
+def choose_mesh(kinds: list[str | None]) -> int:
+    """Index of the best mesh among outputs of these kinds (the first of the best format)."""
+    candidates = [index for index, kind in enumerate(kinds) if is_mesh(kind)]
+    if not candidates:
+        found = ", ".join(kind or "unknown" for kind in kinds) or "none"
+        raise DownloadError(f"none of the {len(kinds)} output(s) is a mesh (found: {found})")
+    return min(candidates, key=lambda index: mesh_rank(kinds[index]))
 
 
 async def fetch_outputs(
     client: WaveSpeedClient, outputs: list[str], storage: Storage, item_id: str, mesh_name: str
 ) -> FetchedMesh:
-    """Download the mesh to a staging file, check length, GLB header and that trimesh parses it,
-    then publish at ``item_id/mesh_name``; a truncated or corrupt download is retried and the final
-    path is only ever written with a verified file. Other outputs follow as ``output-N.ext``."""
-    mesh_url, others = choose_mesh(outputs)
-    downloaded, stats = await _download_and_publish(
-        client, mesh_url, storage, (item_id, mesh_name), mesh=True
-    )
-    assert stats is not None
-    extras = []
-    for index, url in enumerate(others, start=1):
-        parts = (item_id, extra_name(index, url))
-        extra, _ = await _download_and_publish(client, url, storage, parts, mesh=False)
-        extras.append(FetchedFile(storage.url(*parts), url, extra.size, extra.sha256))
-    return FetchedMesh(
-        storage.url(item_id, mesh_name), mesh_url, downloaded.size, downloaded.sha256, stats, tuple(extras)
-    )
+    """Download every output, choose the mesh by content, verify it (length, GLB header, trimesh
+    parses it) and publish it at ``item_id/mesh_name``; a truncated or corrupt mesh is downloaded
+    again, and the final path is only ever written with a verified file."""
+    if not outputs:
+        raise DownloadError("the prediction completed without outputs")
+    staged: list[_Staged] = []
+    try:
+        for url in outputs:
+            staged.append(await _download(client, storage, url))
+        index = choose_mesh([entry.kind for entry in staged])
+        first: _Staged | None = staged.pop(index)
+
+        async def land() -> FetchedMesh:
+            nonlocal first
+            current, first = first, None
+            if current is None:  # a retry: the last copy was corrupt
+                current = await _download(client, storage, outputs[index])
+            return await asyncio.to_thread(_land_mesh, storage, current, item_id, mesh_name)
+
+        mesh = await retry_async(
+            land, on=is_transient, policy=client.retry_policy, what=f"verify {item_id}/{mesh_name}"
+        )
+        extras = []
+        for number, entry in enumerate(staged, start=1):
+            name = f"output-{number}" + (f".{entry.kind}" if entry.kind else "")
+            await asyncio.to_thread(storage.publish, entry.file.path, item_id, name)
+            file = entry.file
+            published = storage.url(item_id, name)
+            extras.append(FetchedFile(published, file.url, file.size, file.sha256, entry.kind))
+        return dataclasses.replace(mesh, extras=tuple(extras))
+    finally:
+        for entry in staged:
+            await asyncio.to_thread(discard, entry.file.path)
 
 
 @task(name="fetch", cache_policy=NO_CACHE, persist_result=False)

@@ -1,5 +1,8 @@
 """The Hunyuan3D models WaveSpeed serves: one typed input model per endpoint.
 
+Each model's inputs and ranges are those of its page on WaveSpeed (``ModelSpec.docs_url``), read
+against WaveSpeed's own clients where the page is silent; docs/wavespeed-api.md lists the sources.
+
 Manifest columns and flow-level ``inputs`` are validated against these before anything is paid
 for. Image-valued inputs are listed separately: their manifest values are paths or URLs that the
 flow resolves, checks and uploads, and the model receives URLs.
@@ -25,9 +28,10 @@ class NoOptions(_Inputs):
 
 
 class MultiViewOptions(_Inputs):
+    # Ranges of WaveSpeed's own ComfyUI node; its seed-less form, but the API page lists a seed.
     num_inference_steps: int = Field(default=50, ge=1, le=50)
     guidance_scale: float = Field(default=7.5, ge=0, le=20)
-    octree_resolution: int = Field(default=256, ge=1)
+    octree_resolution: int = Field(default=256, ge=64, le=512)
     seed: int | None = None
     textured_mesh: bool = Field(default=False, description="Textured output; priced 3x.")
 
@@ -41,6 +45,11 @@ class V3Options(_Inputs):
 
 class V3TextOptions(V3Options):
     prompt: str = Field(min_length=1, max_length=1024)
+
+
+class RapidTextOptions(_Inputs):
+    # "max 200 UTF-8 characters" on the model's page: refused here, before anything is paid.
+    prompt: str = Field(min_length=1, max_length=200)
 
 
 class V3SketchOptions(_Inputs):
@@ -57,6 +66,11 @@ class ModelSpec:
     image_inputs: tuple[tuple[str, bool], ...]
     # The manifest's main column: "image", or "prompt" for text-to-3d.
     primary: Literal["image", "prompt"] = "image"
+
+    @property
+    def docs_url(self) -> str:
+        """WaveSpeed's page for the model: its inputs, their ranges and its price."""
+        return f"https://wavespeed.ai/models/{self.id}"
 
     @property
     def image_fields(self) -> tuple[str, ...]:
@@ -99,6 +113,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("wavespeed-ai/hunyuan3d-v3/text-to-3d", V3TextOptions, (), primary="prompt"),
         ModelSpec("wavespeed-ai/hunyuan3d-v3/sketch-to-3d", V3SketchOptions, (("image", True),)),
         ModelSpec("wavespeed-ai/hunyuan-3d-v3.1/image-to-3d-rapid", NoOptions, (("image", True),)),
+        ModelSpec("wavespeed-ai/hunyuan-3d-v3.1/text-to-3d-rapid", RapidTextOptions, (), primary="prompt"),
     )
 }
 KNOWN_MODELS = frozenset(MODELS)

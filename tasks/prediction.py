@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Statuses after which a prediction never changes. The official SDK treats the last three as
 # terminal too; anything unknown means "keep waiting".
@@ -36,13 +36,75 @@ def rfc3339_to_ns(text: str) -> int | None:
     return whole_seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
+# Keys under which an output given as an object carries its URL (WaveSpeed's CLI and MCP server type
+# outputs as ``string | Record<string, unknown>``; see docs/wavespeed-api.md).
+OUTPUT_URL_KEYS = ("url", "uri", "href", "download_url", "file_url", "output_url")
+
+
+def output_url(output: Any) -> str | None:
+    """The URL of one ``outputs`` item: the string itself, or the URL an object carries."""
+    if isinstance(output, str):
+        return output.strip() or None
+    if isinstance(output, dict):
+        for key in OUTPUT_URL_KEYS:
+            value = output.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+def _liberal(data: Any) -> Any:
+    """Read an answer as the public clients do (``?? []``): a field that is null, or not of the
+    documented type, counts as absent. Only a missing ``id`` makes an answer unusable."""
+    if not isinstance(data, dict):
+        return data
+    clean = dict(data)
+    if isinstance(clean.get("id"), int) and not isinstance(clean.get("id"), bool):
+        clean["id"] = str(clean["id"])
+    raw_outputs = clean.get("outputs")
+    items = raw_outputs if isinstance(raw_outputs, list) else []
+    clean["outputs"] = [url for url in map(output_url, items) if url]
+    clean["output_objects"] = [item for item in items if isinstance(item, dict)]
+    expected: dict[str, tuple[type, ...]] = {
+        "model": (str,),
+        "status": (str,),
+        "error": (str,),
+        "code": (int, str),
+        "created_at": (str,),
+        "executionTime": (int, float, str),
+        "timings": (dict,),
+        "has_nsfw_contents": (list,),
+    }
+    for key, types in expected.items():
+        value = clean.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, types):
+            clean.pop(key, None)
+    if isinstance(data.get("error"), dict):  # {"message": ...} instead of a string
+        clean["error"] = str(data["error"].get("message") or data["error"])
+    for key in ("code", "executionTime"):
+        if isinstance(clean.get(key), str):
+            try:
+                clean[key] = float(clean[key]) if key == "executionTime" else int(clean[key])
+            except ValueError:
+                clean.pop(key)
+    if "status" in clean:
+        clean["status"] = clean["status"].strip().lower()
+    if "has_nsfw_contents" in clean:
+        clean["has_nsfw_contents"] = [bool(flag) for flag in clean["has_nsfw_contents"]]
+    return clean
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    id: str
+    id: str = Field(min_length=1)
     model: str = ""
-    status: str
-    outputs: list[str] = Field(default_factory=list)
+    # "" when the answer gave none: not terminal, so a wait goes on polling.
+    status: str = ""
+    outputs: list[str] = Field(default_factory=list, description="The output URLs, in the server's order.")
+    output_objects: list[dict[str, Any]] = Field(
+        default_factory=list, description="Outputs the server gave as objects, kept as they were."
+    )
     error: str = ""
     code: int = 0
     created_at: str | None = None
@@ -50,15 +112,10 @@ class Prediction(BaseModel):
     timings: dict[str, Any] = Field(default_factory=dict)
     has_nsfw_contents: list[bool] = Field(default_factory=list)
 
-    @field_validator("error", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _none_to_empty(cls, value: Any) -> Any:
-        return "" if value is None else value
-
-    @field_validator("code", mode="before")
-    @classmethod
-    def _none_to_zero(cls, value: Any) -> Any:
-        return 0 if value is None else value
+    def _accept_variants(cls, data: Any) -> Any:
+        return _liberal(data)
 
     @property
     def created_ns(self) -> int | None:
@@ -76,12 +133,4 @@ class Prediction(BaseModel):
     @property
     def inference_ms(self) -> float | None:
         value = self.timings.get("inference")
-        return float(value) if isinstance(value, int | float) else None
-
-    def output_by_extension(self, *extensions: str) -> str | None:
-        """The first output URL whose path ends with one of ``extensions`` (v3 models return several)."""
-        for url in self.outputs:
-            path = url.split("?", 1)[0].lower()
-            if any(path.endswith(ext) for ext in extensions):
-                return url
-        return None
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,8 +1,9 @@
 """The ``submit`` task: upload local images, then create a prediction — at most once per content.
 
-The cache key is the content (image sha256 + model + inputs + API root), not the file name or
-item id, so the same image is never paid for twice: not under two ids, not in a re-run, not from
-another process sharing the result storage. Cache records expire with WaveSpeed's 7-day retention.
+The cache key is the content (image sha256 + model + inputs) and the API root that the prediction
+lives on, not the file name or item id, so the same image is never paid for twice: not under two
+ids, not in a re-run, not from another process sharing the result storage. Cache records expire
+with WaveSpeed's 7-day retention.
 """
 
 from __future__ import annotations
@@ -50,11 +51,10 @@ class SubmitRequest(BaseModel):
     images: list[ImageInput] = Field(default_factory=list)
     api_root: str = Field(description="A prediction id only means something on the API that made it.")
 
-    @property
-    def content_key(self) -> str:
+    def _key(self, **extra: str) -> str:
         canonical = json.dumps(
             {
-                "api": self.api_root.rstrip("/"),
+                **extra,
                 "model": self.model,
                 "inputs": self.inputs,
                 "images": {image.field: image.sha256 for image in self.images},
@@ -64,6 +64,18 @@ class SubmitRequest(BaseModel):
             default=str,
         )
         return "hy3d-submit-" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def content_key(self) -> str:
+        """The work itself (model, inputs, image hashes): what decides that a mesh is already done,
+        whichever API root (a proxy, another port) made it."""
+        return self._key()
+
+    @property
+    def cache_key(self) -> str:
+        """Where the submit cache keeps this work's prediction: a prediction id only means something
+        on the API root that made it."""
+        return self._key(api=self.api_root.rstrip("/"))
 
 
 class SubmittedPrediction(BaseModel):
@@ -76,7 +88,7 @@ class SubmittedPrediction(BaseModel):
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     request: SubmitRequest = parameters["request"]
-    return request.content_key
+    return request.cache_key
 
 
 class ImageChangedError(ValueError):
