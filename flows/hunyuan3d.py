@@ -50,6 +50,7 @@ from tasks.limits import (
     queue_headroom_for,
 )
 from tasks.models import ModelSpec, UnknownModelError, check_model
+from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
 from tasks.storage import Storage
 from tasks.submit import submit
@@ -274,6 +275,7 @@ async def generate_meshes(
             sharded flow hands each chunk its rows this way.
     """
     logger = get_run_logger()
+    redact_logs()
     started_at = utc_now()
     options = dict(storage_options or {})
 

@@ -34,6 +34,7 @@ from tasks.client import WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
     NotFoundError,
+    OutputRefusedError,
     PredictionTimeoutError,
     SubmitOutcomeUnknownError,
     WaveSpeedError,
@@ -293,6 +294,30 @@ async def _shared_prediction(ctx: RunContext, prepared: PreparedItem) -> Predict
     return await asyncio.shield(running)
 
 
+async def _fetch(ctx: RunContext, outputs: list[str], item_id: str) -> FetchedMesh:
+    if ctx.task_runs:
+        return await fetch(ctx.client, outputs, ctx.storage, item_id, MESH_FILE)
+    return await fetch_outputs(ctx.client, outputs, ctx.storage, item_id, MESH_FILE)
+
+
+async def _fetch_mesh(ctx: RunContext, prediction: Prediction, item_id: str) -> FetchedMesh:
+    """Fetch the outputs; when the CDN refuses them (a signed URL that expired...), poll the
+    prediction once more for fresh URLs and try those."""
+    try:
+        return await _fetch(ctx, prediction.outputs, item_id)
+    except OutputRefusedError as exc:
+        ctx.logger.warning("%s: %s; asking WaveSpeed for fresh output URLs", item_id, exc)
+    fresh = await ctx.client.get_prediction(prediction.id)
+    try:
+        return await _fetch(ctx, fresh.outputs, item_id)
+    except OutputRefusedError as exc:
+        raise OutputRefusedError(
+            exc.status_code,
+            f"{exc.message}; also with the fresh URLs of a new poll of {prediction.id}; re-run to try again "
+            "(nothing is paid again) before WaveSpeed deletes the result after 7 days",
+        ) from exc
+
+
 def already_done(storage: Storage, prepared: PreparedItem) -> dict[str, Any] | None:
     """The existing metadata when this id already holds a verified mesh of the same content."""
     item_id = prepared.item.id
@@ -345,12 +370,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             prediction = result.prediction
             outcome.prediction_id = prediction.id
             if prediction.succeeded:
-                if ctx.task_runs:
-                    mesh = await fetch(ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE)
-                else:
-                    mesh = await fetch_outputs(
-                        ctx.client, prediction.outputs, ctx.storage, item.id, MESH_FILE
-                    )
+                mesh = await _fetch_mesh(ctx, prediction, item.id)
                 outcome.status = ItemStatus.completed
                 outcome.mesh, outcome.faces = mesh.url, mesh.stats.faces
             else:

@@ -58,6 +58,7 @@ from flows.parameters import (
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
 from tasks.limits import ensure_global_limit, queue_headroom_for
 from tasks.models import UnknownModelError, check_model
+from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL
 from tasks.storage import STATE_FOLDER, Storage
 
@@ -610,6 +611,7 @@ async def generate_meshes_sharded(
         poll_interval_s: How often the parent checks on its chunks, seconds.
     """
     logger = get_run_logger()
+    redact_logs()
     started_at = utc_now()
     options = dict(storage_options or {})
     if submits_per_minute and not rate_limit_name:

@@ -33,11 +33,13 @@ from tasks.errors import (
     InvalidResponseError,
     NoResponseError,
     NotFoundError,
+    OutputRefusedError,
     PredictionTimeoutError,
     RateLimitError,
     RequestNotSentError,
     ServerError,
     SubmitOutcomeUnknownError,
+    UploadRefusedError,
     WaveSpeedError,
     is_retry_safe,
     is_transient,
@@ -45,6 +47,7 @@ from tasks.errors import (
 from tasks.lanes import LanedTransport
 from tasks.polling import DurationEstimator, PollSchedule
 from tasks.prediction import Prediction
+from tasks.redact import redact, register_secret
 from tasks.retrying import RetryPolicy, retry_async
 from tasks.settings import WaveSpeedSettings
 from tasks.webhooks import WebhookReceiver
@@ -89,14 +92,30 @@ def _error_for_status(status: int, message: str, retry_after: float | None) -> A
     return cls(status, message, retry_after=retry_after)
 
 
+def _transfer_error(
+    response: httpx.Response, refused: type[OutputRefusedError | UploadRefusedError]
+) -> WaveSpeedError:
+    """An upload or download answered with an error: 429 and 5xx are worth another try, like the
+    API's; any other 4xx is that file's problem, never the API key's."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    message = _message_of(body, response)
+    if status == 429 or status >= 500:
+        return _error_for_status(status, message, _parse_retry_after(response.headers.get("retry-after")))
+    return refused(status, message)
+
+
 def _message_of(body: Any, response: httpx.Response) -> str:
     # Errors come as the envelope {"code", "message"} or bare {"error": "..."}: read message, then error.
     if isinstance(body, dict):
         for key in ("message", "error"):
             value = body.get(key)
             if isinstance(value, str) and value:
-                return value
-    text = response.text.strip()
+                return redact(value)
+    text = redact(response.text.strip())
     return text[:300] if text else response.reason_phrase or "no message"
 
 
@@ -164,6 +183,9 @@ class WaveSpeedClient:
             updates["base_url"] = base_url
         self.settings = settings.model_copy(update=updates) if updates else settings
         key = self.settings.require_api_key()
+        register_secret(key.get_secret_value())
+        if self.settings.webhook_secret is not None:
+            register_secret(self.settings.webhook_secret.get_secret_value())
         self.base_url = self.settings.base_url.rstrip("/")
         self.retry_policy = RetryPolicy(
             attempts=self.settings.request_attempts,
@@ -250,6 +272,7 @@ class WaveSpeedClient:
             return
         try:
             secret = s.webhook_secret or await self.get_webhook_secret()
+            register_secret(secret.get_secret_value())
             receiver = WebhookReceiver(secret, s.webhook_listen, poll_grace_s=s.webhook_poll_grace_s)
             await asyncio.to_thread(receiver.start)
         except (WaveSpeedError, OSError, ValueError) as exc:
@@ -570,11 +593,7 @@ class WaveSpeedClient:
                     del request.headers[name]
             response = await self._send(self._public, request)
             if not response.is_success:
-                raise _error_for_status(
-                    response.status_code,
-                    f"upload PUT failed: {_message_of(None, response)}",
-                    _parse_retry_after(response.headers.get("retry-after")),
-                )
+                raise _transfer_error(response, UploadRefusedError)
             return self._download_url(body)
 
         return await retry_async(
@@ -605,11 +624,7 @@ class WaveSpeedClient:
         try:
             if not response.is_success:
                 await response.aread()
-                raise _error_for_status(
-                    response.status_code,
-                    f"download failed: {_message_of(None, response)}",
-                    _parse_retry_after(response.headers.get("retry-after")),
-                )
+                raise _transfer_error(response, OutputRefusedError)
             yield response
         finally:
             await response.aclose()

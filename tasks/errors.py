@@ -16,9 +16,14 @@ idempotency key, so callers must be able to tell "the server certainly did not t
     ├── InvalidResponseError         an answer that is not the documented envelope
     ├── SubmitOutcomeUnknownError    a submit that may have been accepted (and billed)
     ├── PredictionTimeoutError       the wait deadline passed before a terminal status
+    ├── UploadRefusedError           the storage behind a presigned upload URL refused the PUT
     └── DownloadError                an output could not be fetched or failed verification
+        ├── OutputRefusedError       the CDN answered 401/403/404/410 (expired signed URL...)
         ├── IncompleteDownloadError  fewer bytes than announced, or a corrupt mesh: retry-safe
         └── MeshConversionError      a mesh in another format that could not be made a GLB
+
+Only the API's own answers are APIStatusErrors: an upload or download goes to another host (a
+storage service, a CDN), and its 403 says nothing about the API key; it is that item's problem.
 """
 
 from __future__ import annotations
@@ -102,6 +107,24 @@ class PredictionTimeoutError(WaveSpeedError):
 
 class DownloadError(WaveSpeedError):
     """An output could not be downloaded or is not acceptable (scheme, size cap)."""
+
+
+class OutputRefusedError(DownloadError):
+    """The CDN refused an output URL (401/403/404/410): typically a signed URL that expired. A new
+    poll of the prediction may give fresh URLs."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        self.message = message
+        super().__init__(f"output download refused (HTTP {status_code}: {message})")
+
+
+class UploadRefusedError(WaveSpeedError):
+    """The storage behind a presigned upload URL refused the PUT with a 4xx (not the API key)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        super().__init__(f"image upload refused by the storage (HTTP {status_code}: {message})")
 
 
 class IncompleteDownloadError(DownloadError):

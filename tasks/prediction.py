@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.redact import redact, redact_data
+
 # Statuses after which a prediction never changes. The official SDK treats the last three as
 # terminal too; anything unknown means "keep waiting".
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout", "deleted"})
@@ -64,7 +66,7 @@ def _liberal(data: Any) -> Any:
     raw_outputs = clean.get("outputs")
     items = raw_outputs if isinstance(raw_outputs, list) else []
     clean["outputs"] = [url for url in map(output_url, items) if url]
-    clean["output_objects"] = [item for item in items if isinstance(item, dict)]
+    clean["output_objects"] = [redact_data(item) for item in items if isinstance(item, dict)]
     expected: dict[str, tuple[type, ...]] = {
         "model": (str,),
         "status": (str,),
@@ -81,6 +83,8 @@ def _liberal(data: Any) -> Any:
             clean.pop(key, None)
     if isinstance(data.get("error"), dict):  # {"message": ...} instead of a string
         clean["error"] = str(data["error"].get("message") or data["error"])
+    if "error" in clean:
+        clean["error"] = redact(clean["error"])  # a server may echo the request, key included
     for key in ("code", "executionTime"):
         if isinstance(clean.get(key), str):
             try:

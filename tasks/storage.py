@@ -26,6 +26,8 @@ from typing import Any, ParamSpec, TypeVar
 import fsspec
 from fsspec import AbstractFileSystem
 
+from tasks.redact import redact
+
 # The tool's own state under DEST: ledger, claims, staging files. Never an item id (ids can't start with ".").
 STATE_FOLDER = ".hy3d"
 STAGING_FOLDER = "staging"
@@ -194,8 +196,8 @@ class Storage:
         discard(staged)
 
     def write_json(self, data: Any, *parts: str) -> None:
-        """Write JSON atomically (staged, then published)."""
-        text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+        """Write JSON atomically (staged, then published), secrets redacted."""
+        text = redact(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False)) + "\n"
         staged = self.staging_file(*parts)
         try:
             with open(staged, "w", encoding="utf-8") as handle:
