@@ -1,4 +1,4 @@
-"""A loopback HTTP emulator of WaveSpeedAI's Hunyuan3D API (see /work/shared/wavespeed-api.md).
+"""A loopback HTTP emulator of WaveSpeedAI's Hunyuan3D API (see docs/wavespeed-api.md).
 
 Shares no code with the project's client on purpose: both are written against the contract.
 """

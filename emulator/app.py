@@ -16,8 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from emulator.config import EmulatorConfig
 from emulator.responses import REASONS, ApiError, error_envelope
 from emulator.routes_account import AccountRoutes
+from emulator.routes_cdn import CdnRoutes, DeliberateTruncation
 from emulator.routes_control import CONTROL_PREFIX, ControlRoutes
-from emulator.routes_media import DeliberateTruncation, MediaRoutes
+from emulator.routes_media import MediaRoutes
 from emulator.routes_predictions import PredictionRoutes
 from emulator.state import EmulatorState
 from emulator.stats import EmulatorStats
@@ -86,6 +87,7 @@ def create_app(config: EmulatorConfig | None = None, stats: EmulatorStats | None
     routes = [
         *ControlRoutes(state).routes(),
         *MediaRoutes(state).routes(),
+        *CdnRoutes(state).routes(),
         *AccountRoutes(state).routes(),
         *WebhookRoutes(state).routes(),
         *predictions.routes(),

@@ -6,7 +6,7 @@ import argparse
 import threading
 from typing import Any
 
-from emulator.config import DEFAULT_API_KEY, DEFAULT_PRICE_USD, EmulatorConfig
+from emulator.config import DEFAULT_API_KEY, DEFAULT_PRICE_USD, PROFILES, EmulatorConfig
 from emulator.models import MODELS
 from emulator.server import EmulatorServer
 
@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
     net.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default %(default)s)")
     net.add_argument("--api-key", default=DEFAULT_API_KEY, help="the only accepted Bearer key")
+    net.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=d.profile,
+        help="answer shapes: default, or realistic (nulls, object outputs, signed URLs, OBJ zips)",
+    )
 
     account = parser.add_argument_group("account")
     account.add_argument(
@@ -62,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     account.add_argument(
         "--max-submits-per-minute", type=int, default=None, help="submit rate limit (429 beyond it)"
+    )
+    account.add_argument(
+        "--discount-rate",
+        type=_rate,
+        default=None,
+        help="discounted_price = price x (1 - rate), billed (default: 0.1 realistic, else 0)",
     )
 
     work = parser.add_argument_group("processing")
@@ -94,6 +106,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="v3 models return [preview.png, mesh.glb]",
     )
     work.add_argument(
+        "--v2-obj",
+        action=argparse.BooleanOptionalAction,
+        default=d.v2_obj_output,
+        help="v2 models return a plain .obj text mesh instead of a GLB",
+    )
+    work.add_argument(
+        "--output-url-ttl",
+        type=int,
+        default=d.output_url_ttl_s,
+        help="realistic profile: seconds a signed output URL stays valid (default %(default)s)",
+    )
+    work.add_argument(
         "--malformed-multiview-url",
         action=argparse.BooleanOptionalAction,
         default=d.malformed_multiview_get_url,
@@ -103,6 +127,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes, help="413 above it")
 
     faults = parser.add_argument_group("faults")
+    faults.add_argument("--cancel-rate", type=_rate, default=0.0, help="share of tasks ending 'cancelled'")
+    faults.add_argument("--timeout-rate", type=_rate, default=0.0, help="share of tasks ending 'timeout'")
+    faults.add_argument(
+        "--unlisted-status-rate",
+        type=_rate,
+        default=None,
+        help="share of tasks answering 'queued'/'starting' before 'processing' (0.3 realistic, else 0)",
+    )
+    faults.add_argument(
+        "--echo-api-key-in-errors",
+        action="store_true",
+        help="failed predictions' error text quotes 'Bearer <api key>'",
+    )
     faults.add_argument("--submit-429-rate", type=_rate, default=0.0)
     faults.add_argument("--submit-5xx-rate", type=_rate, default=0.0)
     faults.add_argument(
@@ -127,6 +164,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--webhook-loss-rate", type=_rate, default=0.0, help="share of webhook delivery attempts lost"
     )
     faults.add_argument("--truncate-rate", type=_rate, default=0.0, help="share of truncated downloads")
+    faults.add_argument(
+        "--download-403-rate",
+        type=_rate,
+        default=0.0,
+        help="share of predictions whose first output download answers 403 'Request has expired'",
+    )
     faults.add_argument("--seed", type=int, default=None, help="seed for reproducible faults")
 
 
@@ -144,21 +187,29 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         else:
             prices[model] = amount
     return EmulatorConfig(
+        profile=get("profile", d.profile),
         api_key=get("api_key", d.api_key),
         prices=prices,
         balance=get("balance", d.balance),
         max_concurrency=get("max_concurrency", d.max_concurrency),
         max_submits_per_minute=get("max_submits_per_minute", None),
+        discount_rate=get("discount_rate", None),
         latency_s=get("latency", d.latency_s),
         jitter_s=get("jitter", d.jitter_s),
         submit_answer_delay_s=get("submit_answer_delay", d.submit_answer_delay_s),
         failure_rate=get("failure_rate", d.failure_rate),
         failure_codes=tuple(get("failure_codes", d.failure_codes)),
+        cancel_rate=get("cancel_rate", 0.0),
+        timeout_rate=get("timeout_rate", 0.0),
+        unlisted_status_rate=get("unlisted_status_rate", None),
+        echo_api_key_in_errors=get("echo_api_key_in_errors", False),
         image_fetch_timeout_s=get("image_fetch_timeout", d.image_fetch_timeout_s),
         sync_timeout_s=get("sync_timeout", d.sync_timeout_s),
         mesh_grid=get("mesh_grid", d.mesh_grid),
         mesh_bytes_target=get("mesh_bytes", None),
         v3_extra_outputs=get("v3_extra_outputs", d.v3_extra_outputs),
+        v2_obj_output=get("v2_obj", d.v2_obj_output),
+        output_url_ttl_s=get("output_url_ttl", d.output_url_ttl_s),
         malformed_multiview_get_url=get("malformed_multiview_url", d.malformed_multiview_get_url),
         retention_s=get("retention", None),
         max_upload_bytes=get("max_upload_bytes", d.max_upload_bytes),
@@ -172,6 +223,7 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         retry_after_s=get("retry_after", None),
         webhook_loss_rate=get("webhook_loss_rate", 0.0),
         download_truncate_rate=get("truncate_rate", 0.0),
+        download_403_rate=get("download_403_rate", 0.0),
         seed=get("seed", None),
     )
 

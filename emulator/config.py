@@ -13,6 +13,10 @@ from emulator.models import MODELS
 
 DEFAULT_API_KEY = "wsk-emulator-key"
 DEFAULT_PRICE_USD = 0.02
+PROFILES = ("default", "realistic")
+"""`default`: the documented shapes. `realistic`: the shapes public clients show (see the README)."""
+REALISTIC_DISCOUNT_RATE = 0.1
+REALISTIC_UNLISTED_STATUS_RATE = 0.3
 
 
 def _default_prices() -> dict[str, float]:
@@ -21,6 +25,10 @@ def _default_prices() -> dict[str, float]:
 
 @dataclass
 class EmulatorConfig:
+    profile: str = "default"
+    """One of PROFILES. The profile in effect when a prediction is submitted shapes all its answers;
+    uploads and prices follow the current profile."""
+
     # --- account -------------------------------------------------------------------------------
     api_key: str = DEFAULT_API_KEY
     """The only accepted `Authorization: Bearer <key>`."""
@@ -36,6 +44,9 @@ class EmulatorConfig:
     concurrent submits are answered in another order than they were accepted (as over a network)."""
     max_submits_per_minute: int | None = None
     """Sliding-window submit rate limit (HTTP 429 beyond it); None disables it."""
+    discount_rate: float | None = None
+    """`POST /api/v3/model/price` answers `discounted_price` = price x (1 - rate), and submits bill the
+    discounted price. None: 0.1 in the realistic profile, 0 otherwise."""
 
     # --- processing ----------------------------------------------------------------------------
     latency_s: float = 1.0
@@ -44,6 +55,15 @@ class EmulatorConfig:
     failure_rate: float = 0.0
     failure_codes: tuple[int, ...] = (5000,)
     """A task fails with probability `failure_rate`, with a code picked from `failure_codes`."""
+    cancel_rate: float = 0.0
+    timeout_rate: float = 0.0
+    """A task ends `cancelled` / `timeout` (terminal, no outputs) with these probabilities."""
+    unlisted_status_rate: float | None = None
+    """Share of predictions whose polls answer a status the contract does not list (`queued` or
+    `starting`) for the first half of their processing, before `processing`. None: 0.3 for predictions
+    submitted under the realistic profile, 0 otherwise."""
+    echo_api_key_in_errors: bool = False
+    """Failed predictions' `error` quotes `Authorization: Bearer <api key>` (clients must scrub it)."""
     image_fetch_timeout_s: float = 10.0
     min_image_px: int = 128
     max_image_px: int = 5000
@@ -61,6 +81,10 @@ class EmulatorConfig:
     """When set, every output GLB is padded (unused buffer tail) to about this many bytes."""
     v3_extra_outputs: bool = True
     """Hunyuan3D v3/v3.1 models return [preview .png, .glb]: clients must choose by extension."""
+    v2_obj_output: bool = False
+    """Hunyuan3D v2 models (mini, base, 2.1, multi-view) return a plain `.obj` text mesh, not a GLB."""
+    output_url_ttl_s: int = 86400
+    """Realistic profile: `X-Amz-Expires` of the signed output URLs (a poll signs them afresh)."""
     malformed_multiview_get_url: bool = True
     """Multi-view predictions carry the malformed `urls.get` (`...//api/v3/...`) seen in the wild."""
     retention_s: float | None = None
@@ -82,12 +106,35 @@ class EmulatorConfig:
     """A webhook delivery attempt is lost on the way (never reaches the receiver) with this probability."""
     download_truncate_rate: float = 0.0
     """An output download declares the full Content-Length but the connection closes after ~half."""
+    download_403_rate: float = 0.0
+    """Share of completed predictions whose output links have expired when first downloaded: that
+    download and any later one of a link handed out before it answer 403 `{"message": "AccessDenied:
+    Request has expired"}`; polls after it hand out fresh links that work."""
     seed: int | None = None
     """Seed of the emulator's random.Random (faults, jitter, failure codes); None = unseeded."""
 
     # --- uploads -------------------------------------------------------------------------------
     max_upload_bytes: int = 32 * 1024 * 1024
     """Uploads above this answer HTTP 413."""
+
+    def __post_init__(self) -> None:
+        _check_profile(self.profile)
+
+    @property
+    def realistic(self) -> bool:
+        return self.profile == "realistic"
+
+    @property
+    def effective_discount_rate(self) -> float:
+        if self.discount_rate is not None:
+            return self.discount_rate
+        return REALISTIC_DISCOUNT_RATE if self.realistic else 0.0
+
+    def unlisted_status_rate_for(self, realistic: bool) -> float:
+        """`unlisted_status_rate` for a prediction submitted under the realistic profile or not."""
+        if self.unlisted_status_rate is not None:
+            return self.unlisted_status_rate
+        return REALISTIC_UNLISTED_STATUS_RATE if realistic else 0.0
 
     def public_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready values, with the API key and webhook secret redacted."""
@@ -100,8 +147,15 @@ class EmulatorConfig:
         Raises ValueError naming the first unknown field or ill-typed value; nothing changes then."""
         hints = typing.get_type_hints(EmulatorConfig)
         converted = {name: _coerce(name, hints.get(name), value) for name, value in changes.items()}
+        if "profile" in converted:
+            _check_profile(converted["profile"])
         for name, value in converted.items():
             setattr(self, name, value)
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"invalid value for profile: {profile!r} (one of {', '.join(PROFILES)})")
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:

@@ -18,12 +18,13 @@ ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 
 
 class TaskFailure(Exception):
-    """Ends a prediction as `failed` with a task error code."""
+    """Ends a prediction as `failed` (or another terminal `status`) with a task error code."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, status: str = "failed") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
 
 
 def own_media_key(url: str, own_netloc: str) -> str | None:

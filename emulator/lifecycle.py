@@ -1,18 +1,19 @@
-"""One prediction's life: created -> (account slot) processing -> completed | failed."""
+"""One prediction's life: created -> (account slot) [queued | starting ->] processing -> completed |
+failed | cancelled | timeout."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-import uuid
 
+from emulator.config import EmulatorConfig
 from emulator.inputs import TaskFailure, check_image, download
+from emulator.links import publish
 from emulator.models import ModelSpec
-from emulator.render import OutputFile, render_outputs
+from emulator.render import MeshFormat, render_outputs
 from emulator.state import EmulatorState
-from emulator.store import Blob, Prediction
+from emulator.store import Prediction
 from emulator.webhooks import deliver
 
 log = logging.getLogger("emulator")
@@ -28,6 +29,10 @@ FAILURE_MESSAGES: dict[int, str] = {
     5003: "Service temporarily unavailable, please retry",
     5004: "Task timed out",
 }
+CANCELLED_MESSAGE = "Prediction cancelled"
+UNLISTED_STATUSES = ("queued", "starting")
+"""Statuses the contract does not list, answered before `processing` (`unlisted_status_rate`)."""
+WEBHOOK_STATUSES = frozenset({"completed", "failed"})
 
 
 async def _fetch_inputs(state: EmulatorState, prediction: Prediction, spec: ModelSpec) -> bytes | None:
@@ -45,15 +50,23 @@ async def _fetch_inputs(state: EmulatorState, prediction: Prediction, spec: Mode
     return primary
 
 
-def _publish(state: EmulatorState, prediction: Prediction, files: list[OutputFile]) -> list[str]:
-    if prediction.base64_output:
-        return [base64.b64encode(f.data).decode("ascii") for f in files]
-    urls = []
-    for f in files:
-        name = f"{uuid.uuid4()}{f.extension}"
-        state.store.outputs[name] = Blob(f.data, f.content_type)
-        urls.append(f"{prediction.base_url}/cdn/output/{name}")
-    return urls
+def _mesh_format(spec: ModelSpec, config: EmulatorConfig, realistic: bool) -> MeshFormat:
+    if spec.multi_output:
+        return MeshFormat.OBJ_ZIP if realistic else MeshFormat.GLB
+    return MeshFormat.OBJ if config.v2_obj_output else MeshFormat.GLB
+
+
+def _error_text(config: EmulatorConfig, message: str) -> str:
+    if config.echo_api_key_in_errors:
+        return f"{message} (upstream request failed; Authorization: Bearer {config.api_key})"
+    return message
+
+
+def _first_status(state: EmulatorState, prediction: Prediction) -> str:
+    """`processing`, or for a share of predictions a status the contract does not list."""
+    if state.chance(state.config.unlisted_status_rate_for(prediction.realistic)):
+        return state.rng.choice(UNLISTED_STATUSES)
+    return "processing"
 
 
 async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec) -> None:
@@ -67,6 +80,7 @@ async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec
     # processing times (executionTime) stretched from 10 s to 14 s, which is not the latency
     # configured. Not from the start either: the renders then compete with the burst of submits.
     await asyncio.sleep(duration / 2)
+    prediction.status = "processing"  # after an unlisted status, if any
     prompt = str(prediction.input.get("prompt", ""))
     rendering = asyncio.ensure_future(
         asyncio.to_thread(
@@ -75,7 +89,8 @@ async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec
             prompt,
             config.mesh_grid,
             config.mesh_bytes_target,
-            spec.multi_output and config.v3_extra_outputs,
+            prediction.realistic or (spec.multi_output and config.v3_extra_outputs),
+            _mesh_format(spec, config, prediction.realistic),
         )
     )
     # A render that fails after the prediction failed or was cancelled is not worth a log line.
@@ -85,40 +100,47 @@ async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec
         if state.chance(config.failure_rate):
             code = state.rng.choice(config.failure_codes) if config.failure_codes else 5000
             raise TaskFailure(code, FAILURE_MESSAGES.get(code, "Task failed"))
+        if state.chance(config.cancel_rate):
+            raise TaskFailure(0, CANCELLED_MESSAGE, status="cancelled")
+        if state.chance(config.timeout_rate):
+            raise TaskFailure(5004, FAILURE_MESSAGES[5004], status="timeout")
         files = await rendering
     finally:
         rendering.cancel()  # failed or cancelled: the result is not wanted (the thread runs out)
-    prediction.outputs = _publish(state, prediction, files)
+    prediction.files = publish(state, prediction, files)
+    prediction.links_expire = state.chance(config.download_403_rate)
     prediction.inference_ms = round((time.monotonic() - started) * 1000)
 
 
 async def run_prediction(state: EmulatorState, prediction: Prediction, spec: ModelSpec) -> None:
     """The background task of one accepted prediction."""
-    outcome: int | None = 0  # None completed, a code when failed, 0 when cancelled
+    config = state.config
+    ended: str | None = None  # the terminal status; None when cancelled at shutdown/reset
     try:
         async with state.slots.slot():
-            prediction.status = "processing"
+            prediction.status = _first_status(state, prediction)
             state.stats.record_processing(+1, prediction.id)
             began = time.monotonic()
             try:
                 await _process(state, prediction, spec)
                 prediction.status = "completed"
-                state.stats.record_completed(prediction.id, prediction.outputs)
-                outcome = None
+                names = [f.name for f in prediction.files if f.name]
+                state.stats.record_completed(prediction.id, names)
             except TaskFailure as failure:
-                prediction.error, prediction.code = failure.message, failure.code
-                prediction.status = "failed"
-                outcome = failure.code
+                failed = failure.status == "failed"
+                prediction.error = _error_text(config, failure.message) if failed else failure.message
+                prediction.code = failure.code
+                prediction.status = failure.status
             except Exception:
                 log.exception("prediction %s crashed", prediction.id)
-                prediction.error, prediction.code = FAILURE_MESSAGES[5000], 5000
+                prediction.error, prediction.code = _error_text(config, FAILURE_MESSAGES[5000]), 5000
                 prediction.status = "failed"
-                outcome = 5000
             finally:
                 prediction.execution_ms = round((time.monotonic() - began) * 1000)
                 state.stats.record_processing(-1)
+            ended = prediction.status
     finally:
-        state.stats.record_terminal(outcome)
+        state.stats.record_terminal(ended, prediction.code)
         prediction.done.set()
-        if outcome != 0 and prediction.webhook:  # completed or failed; not cancelled
+        if ended in WEBHOOK_STATUSES and prediction.webhook:
             state.spawn(deliver(state, prediction, prediction.webhook))

@@ -40,14 +40,17 @@ def image_to_glb(image_bytes: bytes, grid: int = 48) -> bytes:
     `grid` is the number of vertices along the longer image side (at least 2).
     Raises `PIL.UnidentifiedImageError` / `OSError` when the bytes are not a readable image.
     """
-    image = _load_rgba(image_bytes)
-    mesh = relief_mesh(image, grid)
-    return _export_glb(mesh)
+    return mesh_to_glb(image_mesh(image_bytes, grid))
 
 
 def prompt_to_glb(prompt: str, grid: int = 48) -> bytes:
     """A seeded, vertex-coloured blob derived from `prompt`, as GLB bytes."""
-    return _export_glb(prompt_mesh(prompt, grid))
+    return mesh_to_glb(prompt_mesh(prompt, grid))
+
+
+def image_mesh(image_bytes: bytes, grid: int = 48) -> trimesh.Trimesh:
+    """The textured relief mesh of `image_bytes` (see `image_to_glb`)."""
+    return relief_mesh(_load_rgba(image_bytes), grid)
 
 
 def _load_rgba(image_bytes: bytes) -> Image.Image:
@@ -159,6 +162,6 @@ def prompt_mesh(prompt: str, grid: int = 48) -> trimesh.Trimesh:
     )
 
 
-def _export_glb(mesh: trimesh.Trimesh) -> bytes:
+def mesh_to_glb(mesh: trimesh.Trimesh) -> bytes:
     data: Any = mesh.export(file_type="glb")
     return bytes(data)

@@ -87,7 +87,8 @@ class ModelSpec:
     image_fields: tuple[str, ...] = ()
     """Inputs that are image URLs, the primary one (the mesh source) first."""
     multi_output: bool = False
-    """v3-family models: outputs may hold several files (preview image + mesh)."""
+    """v3/v3.1-family models: outputs may hold several files (preview image + mesh); the realistic
+    profile gives them an OBJ zip for a mesh."""
     malformed_get_url: bool = False
     """Multi-view: `urls.get` has been seen malformed (`ai//api`)."""
 
@@ -125,7 +126,7 @@ _SPECS = [
         {
             "num_inference_steps": int_range(1, 50),
             "guidance_scale": number_range(0, 20),
-            "octree_resolution": int_range(1, None),
+            "octree_resolution": int_range(64, 512),
             "seed": int_range(None, None),
             "textured_mesh": boolean,
         },
@@ -158,6 +159,7 @@ _SPECS = [
         image_fields=("image",),
         multi_output=True,
     ),
+    ModelSpec("wavespeed-ai/hunyuan-3d-v3.1/text-to-3d-rapid", {"prompt": text(200)}, multi_output=True),
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.model_id: spec for spec in _SPECS}
@@ -171,3 +173,8 @@ def price_for(model_id: str, inputs: Mapping[str, Any], prices: Mapping[str, flo
     if model_id == "wavespeed-ai/hunyuan3d-v2-multi-view" and inputs.get("textured_mesh") is True:
         price *= MULTI_VIEW_TEXTURE_FACTOR
     return round(price, 6)
+
+
+def discounted(price: float, discount_rate: float) -> float:
+    """What a prediction listed at `price` costs after the account's discount (and is billed)."""
+    return round(price * (1.0 - discount_rate), 6)

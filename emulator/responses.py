@@ -80,6 +80,15 @@ def server_fault(status: int, config: EmulatorConfig) -> Response:
     return error_envelope(status, reason)
 
 
+def s3_error(status: int, code: str, message: str) -> Response:
+    """An S3-style XML error (the CDN and the presigned upload URL answer these)."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Response(body, status_code=status, media_type="application/xml")
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, else ApiError 400."""
     raw = await request.body()

@@ -1,4 +1,7 @@
-"""Account routes: `POST /api/v3/model/price` and `GET /api/v3/balance`."""
+"""Account routes: `POST /api/v3/model/price` and `GET /api/v3/balance`.
+
+The price answer carries `discounted_price` (what a submit bills) in the realistic profile and whenever
+a discount is set; the default profile without a discount answers `{model_id, price, currency}`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emulator.config import DEFAULT_PRICE_USD
-from emulator.models import MODELS, price_for
+from emulator.models import MODELS, discounted, price_for
 from emulator.responses import ApiError, envelope, read_json_object, require_auth
 from emulator.state import EmulatorState
 
@@ -35,7 +38,13 @@ class AccountRoutes:
         if not isinstance(inputs, dict):
             raise ApiError(400, "Invalid parameter 'inputs': must be an object")
         price = price_for(model_id, inputs, config.prices, DEFAULT_PRICE_USD)
-        return envelope({"model_id": model_id, "price": price, "currency": "USD"})
+        rate = config.effective_discount_rate
+        if not (config.realistic or rate):
+            return envelope({"model_id": model_id, "price": price, "currency": "USD"})
+        data = {"model_id": model_id, "price": price, "discounted_price": discounted(price, rate)}
+        if rate:
+            data["discount_rate"] = rate
+        return envelope({**data, "currency": "USD"})
 
     async def balance(self, request: Request) -> Response:
         config = self.state.config

@@ -1,4 +1,5 @@
-"""Uploads (binary multipart and presigned PUT) and the unauthenticated CDN (media and outputs)."""
+"""Uploads: binary multipart, and presigned PUT (realistic profile: `content_type` optional, the only
+signed header `If-None-Match: *`)."""
 
 from __future__ import annotations
 
@@ -12,30 +13,15 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from emulator.responses import ApiError, envelope, read_json_object, require_auth
+from emulator.responses import ApiError, envelope, read_json_object, require_auth, s3_error
 from emulator.state import EmulatorState
 from emulator.store import Blob, PendingUpload
 
 _MULTIPART_SLACK = 64 * 1024
 """Content-Length above max_upload_bytes + this is refused before parsing the multipart body."""
+PRECONDITION_FAILED = "At least one of the pre-conditions you specified did not hold"
 _SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
-
-
-class DeliberateTruncation(Exception):
-    """Raised after sending part of a download so that the server drops the connection."""
-
-
-class TruncatedResponse(Response):
-    """Declares the full Content-Length, sends about half of the body, then aborts the connection."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        await send(
-            {"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True}
-        )
-        raise DeliberateTruncation("download truncated on purpose (download_truncate_rate)")
 
 
 def _extension(filename: str, content_type: str) -> str:
@@ -46,16 +32,14 @@ def _extension(filename: str, content_type: str) -> str:
     return guessed if _SAFE_EXT.match(guessed) else ""
 
 
-def _s3_error(status: int, code: str, message: str) -> Response:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    )
-    return Response(body, status_code=status, media_type="application/xml")
-
-
 def _media_type(value: str) -> str:
     return value.split(";")[0].strip().lower()
+
+
+def _category(content_type: str) -> str:
+    """The realistic profile's upload `type`: a category, not a MIME type."""
+    major = _media_type(content_type).split("/")[0]
+    return major if major in ("image", "video", "audio") else "file"
 
 
 class MediaRoutes:
@@ -67,8 +51,6 @@ class MediaRoutes:
             Route("/api/v3/media/upload/binary", self.upload_binary, methods=["POST"]),
             Route("/api/v3/media/uploads", self.create_upload, methods=["POST"]),
             Route("/cdn/upload/{token}", self.put_upload, methods=["PUT"]),
-            Route("/cdn/media/{key}", self.get_media, methods=["GET", "HEAD"]),
-            Route("/cdn/output/{name}", self.get_output, methods=["GET", "HEAD"]),
         ]
 
     def _too_large(self, size: int) -> ApiError:
@@ -112,42 +94,46 @@ class MediaRoutes:
                 "download_url": f"{base}/cdn/media/{key}",
                 "filename": filename,
                 "size": len(data),
-                "type": content_type,
+                "type": _category(content_type) if state.config.realistic else content_type,
             }
         )
 
     # ---- POST /api/v3/media/uploads (presigned PUT, step 1) ----------------------------------------
     async def create_upload(self, request: Request) -> Response:
         state = self.state
+        realistic = state.config.realistic
         require_auth(request, state.config, state.stats)
         body = await read_json_object(request)
-        for name in ("filename", "size", "content_type"):
+        for name in ("filename", "size") if realistic else ("filename", "size", "content_type"):
             if body.get(name) in (None, ""):
                 raise ApiError(400, f"Missing required parameter: {name}")
-        filename, size, content_type = body["filename"], body["size"], body["content_type"]
+        filename, size, given_type = body["filename"], body["size"], body.get("content_type")
+        given_type = None if given_type == "" else given_type
         if not isinstance(filename, str):
             raise ApiError(400, "Invalid parameter 'filename': must be a string")
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ApiError(400, "Invalid parameter 'size': must be a positive integer")
-        if not isinstance(content_type, str):
+        if given_type is not None and not isinstance(given_type, str):
             raise ApiError(400, "Invalid parameter 'content_type': must be a string")
         if size > state.config.max_upload_bytes:
             raise self._too_large(size)
+        content_type = given_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        headers = {"If-None-Match": "*"} if realistic else {"Content-Type": content_type}
         token = uuid.uuid4().hex
         key = f"{uuid.uuid4().hex}{_extension(filename, content_type)}"
-        state.store.pending_uploads[token] = PendingUpload(key, size, content_type)
+        state.store.pending_uploads[token] = PendingUpload(key, size, content_type, headers)
         state.stats.record_upload("create", 0)
         base = str(request.base_url).rstrip("/")
         data: dict[str, Any] = {
             "upload": {
                 "method": "PUT",
                 "url": f"{base}/cdn/upload/{token}?X-Expires=3600&X-Signature={uuid.uuid4().hex}",
-                "headers": {"Content-Type": content_type},
+                "headers": dict(headers),
             },
             "download_url": f"{base}/cdn/media/{key}",
             "filename": filename,
             "size": size,
-            "type": content_type,
+            "type": _category(content_type) if realistic else content_type,
         }
         return envelope(data)
 
@@ -157,7 +143,7 @@ class MediaRoutes:
         if "authorization" in request.headers:
             state.stats.record_put_with_authorization()
             await request.body()
-            return _s3_error(
+            return s3_error(
                 400,
                 "InvalidArgument",
                 "Only one auth mechanism allowed; the signature is in the query string, "
@@ -166,48 +152,36 @@ class MediaRoutes:
         pending = state.store.pending_uploads.get(request.path_params["token"])
         if pending is None:
             await request.body()
-            return _s3_error(404, "NoSuchUpload", "The upload URL is unknown or expired")
+            return s3_error(404, "NoSuchUpload", "The upload URL is unknown or expired")
         limit = state.config.max_upload_bytes
         chunks: list[bytes] = []
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                return _s3_error(413, "EntityTooLarge", f"Your proposed upload exceeds {limit} bytes")
+                return s3_error(413, "EntityTooLarge", f"Your proposed upload exceeds {limit} bytes")
             chunks.append(chunk)
-        sent_type = _media_type(request.headers.get("content-type", ""))
-        if sent_type != _media_type(pending.content_type):
-            return _s3_error(
-                400,
-                "SignatureDoesNotMatch",
-                f"Content-Type {sent_type or '(none)'} does not match the signed {pending.content_type}",
-            )
+        mismatch = _unsigned_header(request, pending)
+        if mismatch is not None:
+            return s3_error(400, "SignatureDoesNotMatch", mismatch)
+        if "If-None-Match" in pending.signed_headers and pending.key in state.store.media:
+            return s3_error(412, "PreconditionFailed", PRECONDITION_FAILED)
         if received != pending.size:
-            return _s3_error(
+            return s3_error(
                 400, "BadDigest", f"Body is {received} bytes but the upload was signed for {pending.size}"
             )
         state.store.media[pending.key] = Blob(b"".join(chunks), pending.content_type)
         state.stats.record_upload("put", received)
         return Response(status_code=200, headers={"ETag": f'"{uuid.uuid4().hex}"'})
 
-    # ---- GET /cdn/media/{key}, GET /cdn/output/{name} -----------------------------------------------
-    async def get_media(self, request: Request) -> Response:
-        blob = self.state.store.media_blob(request.path_params["key"], self.state.config.retention_s)
-        if blob is None:
-            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        return Response(blob.data, media_type=blob.content_type)
 
-    async def get_output(self, request: Request) -> Response:
-        state = self.state
-        name = request.path_params["name"]
-        blob = state.store.output_blob(name, state.config.retention_s)
-        if blob is None:
-            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        if request.method == "HEAD":
-            return Response(blob.data, media_type=blob.content_type)
-        truncate = state.chance(state.config.download_truncate_rate)
-        state.stats.record_download(name, truncate)
-        if truncate:
-            state.stats.record_fault("download_truncated")
-            return TruncatedResponse(blob.data, media_type=blob.content_type)
-        return Response(blob.data, media_type=blob.content_type)
+def _unsigned_header(request: Request, pending: PendingUpload) -> str | None:
+    """Why the PUT does not carry the signed headers exactly, or None when it does."""
+    for name, value in pending.signed_headers.items():
+        sent = request.headers.get(name, "")
+        if name.lower() == "content-type":
+            if _media_type(sent) != _media_type(value):
+                return f"Content-Type {_media_type(sent) or '(none)'} does not match the signed {value}"
+        elif sent != value:
+            return f"The signed header {name}: {value} is missing or different ({sent or '(none)'})"
+    return None

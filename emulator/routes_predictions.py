@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from emulator.answers import prediction_json
 from emulator.config import DEFAULT_PRICE_USD
 from emulator.inputs import TaskFailure, decode_data_uri, own_media_key
 from emulator.lifecycle import run_prediction
-from emulator.models import MODELS, InvalidInput, ModelSpec, price_for
+from emulator.models import MODELS, InvalidInput, ModelSpec, discounted, price_for
 from emulator.responses import (
     ApiError,
     envelope,
@@ -77,6 +78,7 @@ class PredictionRoutes:
             own_netloc=request.url.netloc,
             base64_output=body.get("enable_base64_output") is True,
             webhook=webhook,
+            realistic=config.realistic,
         )
         state.store.predictions[pid] = prediction
         config.balance = round(config.balance - price, 9)
@@ -111,7 +113,8 @@ class PredictionRoutes:
         webhook = webhook if isinstance(webhook, str) and webhook else None
         if body.get("enable_base64_output") is True and webhook:
             return JSONResponse({"error": BASE64_WITH_WEBHOOK}, status_code=400)
-        price = price_for(model_id, body, config.prices, DEFAULT_PRICE_USD)
+        list_price = price_for(model_id, body, config.prices, DEFAULT_PRICE_USD)
+        price = discounted(list_price, config.effective_discount_rate)
         if price > config.balance + 1e-9:
             raise ApiError(403, "Insufficient balance, please top up your account")
 
@@ -130,21 +133,21 @@ class PredictionRoutes:
             return server_fault(fault_status, config)
         if body.get("enable_sync_mode") is True:
             return await self._answer_sync(prediction)
-        return envelope(prediction.to_json())
+        return envelope(prediction_json(state, prediction))
 
     async def _answer_sync(self, prediction: Prediction) -> Response:
         timeout = self.state.config.sync_timeout_s
         try:
             await asyncio.wait_for(prediction.done.wait(), timeout)
         except TimeoutError:
-            data = prediction.to_json()
+            data = prediction_json(self.state, prediction)
             data.update(
                 status="processing",
                 code=5004,
                 error=f"Sync mode timed out after {timeout:g} seconds, please poll the prediction result",
             )
             return envelope(data)
-        return envelope(prediction.to_json())
+        return envelope(prediction_json(self.state, prediction))
 
     # ---- poll --------------------------------------------------------------------------------------
     async def poll(self, request: Request) -> Response:
@@ -163,4 +166,4 @@ class PredictionRoutes:
         if prediction is None:
             raise ApiError(404, f"Prediction not found: {pid}")
         state.stats.record_poll_answer(pid, prediction.status)
-        return envelope(prediction.to_json())
+        return envelope(prediction_json(state, prediction))

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from emulator.config import EmulatorConfig
+from emulator.signing import UrlSigner
 from emulator.slots import SlotPool
 from emulator.stats import EmulatorStats
 from emulator.store import Store
@@ -24,6 +25,7 @@ class EmulatorState:
         self.stats = stats
         self.store = Store()
         self.rng = random.Random(config.seed)
+        self.signer = UrlSigner()
         self.slots = SlotPool(lambda: self.config.max_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.submit_times: deque[float] = deque()

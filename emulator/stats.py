@@ -59,6 +59,8 @@ class EmulatorStats:
         self.peak_processing = 0
         self.completed = 0
         self.failed = 0
+        self.cancelled = 0
+        self.timed_out = 0
         self.failures_by_code: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.webhooks: dict[str, str] = {}
@@ -114,23 +116,33 @@ class EmulatorStats:
             if delta > 0 and prediction_id is not None:
                 self.started_at.setdefault(prediction_id, time.time())
 
-    def record_terminal(self, code: int | None) -> None:
-        """A prediction left the in-flight set: completed (code None), failed (its code), or cancelled
-        at shutdown/reset (code 0, counted in neither)."""
+    def record_terminal(self, status: str | None, code: int = 0) -> None:
+        """A prediction left the in-flight set with this status (`failed` with its code), or None
+        when cancelled at shutdown/reset (counted nowhere)."""
         with self._lock:
             self.in_flight = max(0, self.in_flight - 1)
-            if code is None:
+            if status == "completed":
                 self.completed += 1
-            elif code:
+            elif status == "failed":
                 self.failed += 1
                 self.failures_by_code[code] += 1
+            elif status == "cancelled":
+                self.cancelled += 1
+            elif status == "timeout":
+                self.timed_out += 1
 
     def record_completed(self, prediction_id: str, outputs: list[str] | tuple[str, ...] = ()) -> None:
-        """The prediction's status just became `completed` with these output URLs (published)."""
+        """The prediction's status just became `completed` with these outputs (URLs or CDN names)."""
         with self._lock:
             self.completed_at.setdefault(prediction_id, time.time())
             for url in outputs:
                 self._owner_of_output[_output_name(url)] = prediction_id
+
+    def record_output_links(self, prediction_id: str, names: list[str]) -> None:
+        """The prediction's outputs got further CDN names (renewed links)."""
+        with self._lock:
+            for name in names:
+                self._owner_of_output[name] = prediction_id
 
     def record_poll_answer(self, prediction_id: str, status: str) -> None:
         """A poll is answered with the prediction's `status` (after faults: only real answers)."""
@@ -291,6 +303,8 @@ class EmulatorStats:
                 "peak_processing": self.peak_processing,
                 "completed": self.completed,
                 "failed": self.failed,
+                "cancelled": self.cancelled,
+                "timed_out": self.timed_out,
                 "failures_by_code": {str(k): v for k, v in self.failures_by_code.items()},
                 "faults": dict(self.faults),
                 "webhooks": dict(self.webhooks),

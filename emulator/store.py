@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "cancelled", "timeout"})
 
 
 def rfc3339_ns(epoch_ns: int) -> str:
@@ -21,6 +21,28 @@ def rfc3339_ns(epoch_ns: int) -> str:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_output_name(extension: str) -> str:
+    """A fresh CDN name for an output: `<uuid><extension>` (the realistic profile uses no extension)."""
+    return f"{uuid.uuid4()}{extension}" if extension else uuid.uuid4().hex
+
+
+@dataclass
+class PublishedFile:
+    """One output of a completed prediction: where the CDN serves it, or its base64 text."""
+
+    name: str
+    """Key in Store.outputs ("" for base64 output); a new one when the links expire and are renewed."""
+    extension: str
+    """Extension of the names it is published under ("" in the realistic profile)."""
+    media_type: str
+    """What the file is (image/png, model/gltf-binary, application/zip, model/obj)."""
+    format: str
+    size: int
+    is_mesh: bool
+    inline: str | None = None
+    """The file as base64 (`enable_base64_output`): answered instead of a URL."""
 
 
 @dataclass
@@ -37,8 +59,12 @@ class Prediction:
     base64_output: bool = False
     webhook: str | None = None
     """Where the terminal prediction is delivered (submit `?webhook=` or body `webhook_url`)."""
+    realistic: bool = False
+    """Submitted under the realistic profile: answered in its shapes for its whole life."""
     status: str = "created"
-    outputs: list[str] = field(default_factory=list)
+    files: list[PublishedFile] = field(default_factory=list)
+    links_expire: bool = False
+    """Drawn at completion (`download_403_rate`): the links handed out so far have expired."""
     error: str = ""
     code: int = 0
     execution_ms: int = 0
@@ -51,27 +77,21 @@ class Prediction:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "model": self.model,
-            "input": self.input,
-            "outputs": list(self.outputs),
-            "urls": {"get": self.get_url},
-            "has_nsfw_contents": [False] * len(self.outputs),
-            "status": self.status,
-            "created_at": self.created_at,
-            "error": self.error,
-            "code": self.code,
-            "executionTime": self.execution_ms,
-            "timings": {"inference": self.inference_ms},
-        }
+    @property
+    def outputs(self) -> list[str]:
+        """The default profile's `outputs`: unsigned CDN URLs (or base64 strings)."""
+        return [
+            f.inline if f.inline is not None else f"{self.base_url}/cdn/output/{f.name}" for f in self.files
+        ]
 
 
 @dataclass
 class Blob:
     data: bytes
     content_type: str
+    """The Content-Type it is served with."""
+    owner: str = ""
+    """Id of the prediction whose output it is ("" for uploads)."""
     created_mono: float = field(default_factory=time.monotonic)
 
 
@@ -82,6 +102,10 @@ class PendingUpload:
     key: str
     size: int
     content_type: str
+    """What the upload is stored (and served) as."""
+    signed_headers: dict[str, str]
+    """The headers the PUT must send exactly (`upload.headers`): `Content-Type`, or in the realistic
+    profile `If-None-Match: *` (which also refuses to overwrite a stored upload: 412)."""
 
 
 class Store:
@@ -91,12 +115,16 @@ class Store:
         self.pending_uploads: dict[str, PendingUpload] = {}
         """token -> upload slot."""
         self.outputs: dict[str, Blob] = {}
+        """CDN name -> output file; renewed links are further names of the same Blob."""
+        self.expired_outputs: set[str] = set()
+        """Names whose links expired (`download_403_rate`): answered 403."""
 
     def clear(self) -> None:
         self.predictions.clear()
         self.media.clear()
         self.pending_uploads.clear()
         self.outputs.clear()
+        self.expired_outputs.clear()
 
     @staticmethod
     def _alive(created_mono: float, retention_s: float | None) -> bool:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emulator.answers import prediction_json
 from emulator.responses import envelope, require_auth
 from emulator.state import EmulatorState
 from emulator.store import Prediction
@@ -38,7 +39,7 @@ def signature(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
 async def deliver(state: EmulatorState, prediction: Prediction, url: str) -> None:
     """POST the terminal prediction to `url`; the same webhook-id on every attempt."""
     config, stats = state.config, state.stats
-    body = json.dumps(prediction.to_json(), separators=(",", ":")).encode()
+    body = json.dumps(prediction_json(state, prediction), separators=(",", ":")).encode()
     webhook_id = f"msg_{uuid.uuid4().hex}"
     for attempt in range(1 + max(0, config.webhook_retries)):
         if attempt:

@@ -19,7 +19,7 @@ from emulator import EmulatorConfig, EmulatorServer
 
 SAMPLES = Path(__file__).resolve().parents[2] / "hy3d" / "samples"
 MINI = "wavespeed-ai/hunyuan3d/v2-mini"
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled", "timeout")
 
 
 def fast_config() -> EmulatorConfig:
@@ -41,6 +41,14 @@ def emu(_module_server: EmulatorServer) -> EmulatorServer:
         setattr(_module_server.config, f.name, copy.deepcopy(getattr(baseline, f.name)))
     _module_server.reset()
     return _module_server
+
+
+@pytest.fixture
+def realistic(emu: EmulatorServer) -> EmulatorServer:
+    """`emu` in the realistic profile, without unlisted statuses unless a test asks for them."""
+    emu.config.profile = "realistic"
+    emu.config.unlisted_status_rate = 0.0
+    return emu
 
 
 class Api:
