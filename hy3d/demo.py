@@ -13,7 +13,8 @@ def run_demo(output: str, *, latency_s: float) -> int:
     from hy3d.cli import run_flow
 
     destination = Path(output).resolve()
-    config = EmulatorConfig(latency_s=latency_s, jitter_s=min(0.5, latency_s / 4))
+    # The realistic profile: answers shaped as the real service's (nulls, signed URLs, object outputs).
+    config = EmulatorConfig(latency_s=latency_s, jitter_s=min(0.5, latency_s / 4), profile="realistic")
     with EmulatorServer(config) as server:
         print(f"WaveSpeed emulator listening on {server.url}")
         # The flow reads its settings from the environment, as in production; point it at the emulator.
