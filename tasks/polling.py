@@ -270,6 +270,8 @@ class PollSchedule:
         self._probing = False
         self._seen_started = False  # a poll found it past `created`: it waits in no queue
         self.role: Role | None = None
+        self._safety_until: float | None = None  # when a follower polls anyway (monotonic)
+        self._safety_polls = -1
 
     @property
     def probing(self) -> bool:
@@ -319,7 +321,18 @@ class PollSchedule:
         queued = queue is not None and queue.is_queued(self._prediction_id)
         self.role = self._estimator.enlist(self._model, self.role, may_scout=not queued)
         if self.role is Role.follower:
-            safety = follower_safety_pause(polls, self._ceiling, self._backoff)
+            scouts, _ = self._estimator.census(self._model)
+            if scouts == 0:
+                # Nobody is learning this model's durations (the scouts left before MIN_SAMPLES were
+                # known, and a queued prediction may not scout): news would only come from another
+                # follower's safety poll. Poll on the growing interval instead.
+                self._safety_until = None
+                return growing_pause(polls, self._floor, self._backoff, self._ceiling)
+            if self._safety_until is None or self._safety_polls != polls:
+                # Counted from the first sleep after this poll: a wake (a scout left) must not restart it.
+                pause = follower_safety_pause(polls, self._ceiling, self._backoff)
+                self._safety_until, self._safety_polls = time.monotonic() + pause, polls
+            safety = max(0.0, self._safety_until - time.monotonic())
             remaining = max(0.0, deadline - time.monotonic())
             return None if await self._estimator.wait_for_news(self._model, min(safety, remaining)) else 0.0
         scouts, followers = self._estimator.census(self._model)

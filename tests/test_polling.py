@@ -224,3 +224,34 @@ def test_polls_are_timed_from_the_moment_the_submit_was_accepted(emulator: Emula
     prediction_id = asyncio.run(go())
     assert emulator.stats.polls_for(prediction_id) == 1
     assert emulator.stats.completion_lags()[prediction_id] < 0.4  # 0.7 s if timed from the wait
+
+
+def test_queued_followers_whose_scouts_left_early_poll_instead_of_sleeping(emulator: EmulatorServer) -> None:
+    """The demo's 65 s item on 2.1 s of inference: both scouts finished with two durations known
+    (three make a plan), and the queued predictions, which may not scout, slept as followers until a
+    60 s safety poll. Four items, two slots and one queued, scouts finishing apart: before the fix the
+    last two took 65 s each."""
+    emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 2.4, 0.0, 2
+    settings = WaveSpeedSettings(
+        api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=2.0, poll_max_interval_s=15.0
+    )
+
+    async def go() -> dict[int, float]:
+        walls: dict[int, float] = {}
+        slots = asyncio.Semaphore(3)  # the flow's slots: 2 processing + 1 queued
+        async with WaveSpeedClient(settings, account_slots=2) as client:
+            url = await client.upload(BALL, "ball.png", "image/png")
+
+            async def item(number: int, delay: float) -> None:
+                await asyncio.sleep(delay)
+                started = time.monotonic()
+                async with slots:
+                    prediction = await client.submit(MODEL, {"image": url, "n": number})
+                    assert (await client.wait(prediction.id, model=MODEL, timeout_s=120)).succeeded
+                walls[number] = time.monotonic() - started
+
+            await asyncio.gather(item(1, 0), item(2, 0.25), item(3, 0.3), item(4, 0.35))
+        return walls
+
+    walls = asyncio.run(go())
+    assert max(walls.values()) < 20, walls  # 8-9 s here; 65 s before
