@@ -103,6 +103,19 @@ def test_csv_blank_id_cell_falls_back_to_stem(images: Path) -> None:
     assert [item.id for item in load_manifest(source).items] == ["a", "bee"]
 
 
+def test_a_rejected_row_is_named_by_its_id(images: Path) -> None:
+    """The summary lists a rejected row under its own id when it has a usable one, not `row-N`."""
+    source = write(images / "m.csv", "image,id\na.png,first\nmissing.png,mug\n,cup\nb.jpg,first\n")
+
+    errors = load_manifest(source).errors
+
+    assert [(problem.row, problem.field, problem.id) for problem in errors] == [
+        (3, "image", "mug"),
+        (4, "image", "cup"),
+        (5, "id", None),  # a duplicate: the id belongs to row 2
+    ]
+
+
 def test_jsonl_happy_path(images: Path) -> None:
     source = write(
         images / "manifest.jsonl",

@@ -85,6 +85,32 @@ def test_row_values_override_flow_inputs(emulator: EmulatorServer, samples: Path
     assert (default["face_count"], default["generate_type"]) == (100000, "LowPoly")
 
 
+def test_rapid_text_to_3d_refuses_a_long_prompt_by_row_and_field_before_paying(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """v3.1 text-to-3d-rapid takes at most 200 characters of prompt: a longer one is refused here,
+    before anything is paid; the rest of the batch lands."""
+    manifest = tmp_path / "prompts.jsonl"
+    manifest.write_text(
+        json.dumps({"id": "chair", "prompt": "A wooden chair"})
+        + "\n"
+        + json.dumps({"id": "essay", "prompt": "a very detailed teapot " * 10})
+        + "\n"
+    )
+    output = tmp_path / "out"
+
+    _, summary = run_flow(
+        manifest=str(manifest), output=str(output), model="wavespeed-ai/hunyuan-3d-v3.1/text-to-3d-rapid"
+    )
+
+    assert summary.counts == {"completed": 1, "invalid": 1}
+    rejected = next(item for item in summary.items if item.status == "invalid")
+    assert rejected.id == "essay"
+    assert "row 2" in rejected.error and "'prompt'" in rejected.error and "200" in rejected.error
+    assert_landed(output, "chair")
+    assert emulator.stats.submits_accepted == 1
+
+
 @pytest.mark.parametrize("kind", ["txt", "jsonl"])
 def test_text_to_3d_prompt_manifest(kind: str, emulator: EmulatorServer, tmp_path: Path) -> None:
     if kind == "txt":
