@@ -66,7 +66,7 @@ SOURCE_PX = 256
 # A bigger mesh gets no base64 sidecar (it would be 4/3 of the mesh again, parsed as one JS string).
 MAX_SIDECAR_BYTES = 48 * 1024 * 1024
 # Items whose preview/sidecar/source.jpg are missing (meshes landed before the gallery existed) are
-# completed by write_gallery, at most this many per call; later calls do the rest.
+# completed by build_gallery, at most this many per call; later calls do the rest.
 MAX_BACKFILL = 200
 MAX_ATTEMPTS = 3  # a mesh whose preview failed this many times is left alone until it changes
 WORKERS = 4
@@ -248,22 +248,6 @@ def gallery_url(storage: Storage) -> str:
     return storage.url(GALLERY_FILE)
 
 
-def find_gallery(output: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The gallery's URL if ``output`` has one (for the CLI's last line), else None; never raises."""
-    try:
-        storage = Storage(output, storage_options)
-        return gallery_url(storage) if storage.exists(GALLERY_FILE) else None
-    except Exception:
-        return None
-
-
-def write_gallery(storage: Storage, summary: RunSummary) -> str:
-    """Write ``DEST/index.html`` and its assets over every item in the output (the ids that have
-    a ``metadata.json``, plus this run's items that have none, such as rejected rows). Returns
-    the gallery's URL. Raises on storage errors (see :func:`publish_gallery` for the safe call)."""
-    return build_gallery(storage, summary).url
-
-
 @dataclass
 class _Entry:
     """One id's files under DEST, from one listing."""
@@ -286,7 +270,9 @@ class _Entry:
 
 
 def build_gallery(storage: Storage, summary: RunSummary, *, max_backfill: int = MAX_BACKFILL) -> Gallery:
-    """:func:`write_gallery`, returning what was written."""
+    """Write ``DEST/index.html`` and its assets over every item in the output (the ids that have
+    a ``metadata.json``, plus this run's items that have none, such as rejected rows); returns what
+    was written. Raises on storage errors (see :func:`publish_gallery` for the safe call)."""
     entries = _list_items(storage)
     cache = storage.read_json(ASSETS_FOLDER, CACHE_FILE)
     cached: dict[str, Any] = {}

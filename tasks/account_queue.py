@@ -80,12 +80,6 @@ class AccountQueue:
     def confirmed(self) -> bool | None:
         return self._confirmed
 
-    @property
-    def waiting_entries(self) -> int:
-        """Predictions the model follows (accepted, not yet seen finished)."""
-        with self._lock:
-            return len(self._unfinished)
-
     def accepted(
         self, prediction_id: str, at: float, created_ns: int | None = None, sent_at: float | None = None
     ) -> None:
