@@ -23,7 +23,7 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
+    for secret in sorted(_secrets, key=len, reverse=True):  # a key that starts another is masked after it
         if secret in text:
             text = text.replace(secret, MASK)
     return text
