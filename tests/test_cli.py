@@ -129,7 +129,8 @@ def test_closed_port_is_one_line_naming_the_url_within_seconds(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     """Nothing listens there, so nothing can be counted: one line, no traceback, in seconds (it was a
-    traceback per item after 102 s), and nothing written but the empty output folder."""
+    traceback per item after 102 s), and nothing written but the empty output folder. About 5 s: the
+    process's start and ~2 s of tries; the bound leaves room for a loaded machine (11 s seen)."""
     url = f"http://127.0.0.1:{closed_port()}"
     env = {**client_env(emulator), "WAVESPEED_BASE_URL": url}
 
@@ -144,7 +145,7 @@ def test_closed_port_is_one_line_naming_the_url_within_seconds(
         f"hy3d: error: cannot reach the WaveSpeed API at {url}: connection refused"
     ]
     assert "Traceback" not in result.stdout + result.stderr
-    assert elapsed < 10, elapsed
+    assert elapsed < 15, elapsed
     assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
     assert sum(emulator.stats.requests.values()) == 0
 
