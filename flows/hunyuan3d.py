@@ -36,11 +36,19 @@ from flows.parameters import (
 )
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
-from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from flows.records import (
+    RUNS_FOLDER,
+    ItemOutcome,
+    ItemStatus,
+    RunFailedError,
+    RunSummary,
+    first_row_problems,
+    utc_now,
+)
 from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
-from tasks.errors import AuthenticationError
+from tasks.errors import APIUnreachableError, AuthenticationError
 from tasks.ledger import PredictionLedger
 from tasks.limits import (
     Budget,
@@ -51,8 +59,9 @@ from tasks.limits import (
 )
 from tasks.models import ModelSpec, UnknownModelError, check_model
 from tasks.redact import redact_logs
-from tasks.settings import DEFAULT_MODEL, MissingAPIKeyError
-from tasks.storage import Storage
+from tasks.settings import DEFAULT_MODEL, InvalidSettingsError, MissingAPIKeyError
+from tasks.storage import OutputNotWritableError as OutputNotWritableError  # re-exported
+from tasks.storage import writable_storage
 from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
@@ -64,21 +73,6 @@ AUTO_TASK_RUNS_MAX_ITEMS = 250
 # Above this many items thumbnails are not rendered as items land (~0.1 s CPU each); the gallery
 # fills in missing ones, a bounded number per run.
 AUTO_PREVIEWS_MAX_ITEMS = 100
-
-
-class OutputNotWritableError(ValueError):
-    """Configuration error: the output URL cannot be written (bad URL, credentials, permissions)."""
-
-
-def _writable_storage(output: str, options: dict[str, Any]) -> Storage:
-    try:
-        storage = Storage(output, options)
-        storage.ensure_writable()
-    except Exception as exc:  # any backend error: the message names the URL and the cause
-        raise OutputNotWritableError(
-            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return storage
 
 
 def _invalid(message: str, row: int, item_id: str, source: str) -> ItemOutcome:
@@ -302,7 +296,7 @@ async def generate_meshes(
                 items=[item for item in loaded.items if item.row in wanted],
                 errors=[error for error in loaded.errors if error.row in wanted],
             )
-        storage = await asyncio.to_thread(_writable_storage, output, options)
+        storage = await asyncio.to_thread(writable_storage, output, options)
         submit_task = await _submit_task(cache_storage_block)
         headroom = queue_headroom_for(concurrency, queue_headroom)
         await _ensure_limits(
@@ -310,6 +304,7 @@ async def generate_meshes(
         )
     except (
         MissingAPIKeyError,
+        InvalidSettingsError,
         CredentialsBlockNotFoundError,
         UnknownModelError,
         ManifestError,
@@ -319,14 +314,15 @@ async def generate_meshes(
         return Failed(message=str(exc), data=exc)
 
     problems = [str(warning) for warning in loaded.warnings]
-    for warning in problems:
+    for warning in first_row_problems(problems):
         logger.warning(warning)
     run_id = flow_run.get_id()
     # With queue headroom the client times each queued prediction's polls from its expected start.
     async with WaveSpeedClient(settings, account_slots=concurrency if headroom else None) as client:
         try:
-            await client.check_access()  # a wrong key costs one request, not one per item
-        except AuthenticationError as exc:
+            # A wrong key costs one request, not one per item; a wrong API root a few seconds.
+            await client.check_access()
+        except (AuthenticationError, APIUnreachableError) as exc:
             return Failed(message=str(exc), data=exc)
 
         prepared = await prepare_items(
@@ -335,17 +331,24 @@ async def generate_meshes(
             inputs=inputs or {},
             api_root=settings.base_url,
             storage_options=options,
+            check_image_urls=settings.check_image_urls,
         )
         outcomes = _invalid_rows(loaded.errors)
         runnable: list[PreparedItem] = []
+        unchecked: list[str] = []
         for entry in prepared:
             if isinstance(entry, RejectedItem):
                 problem = RowProblem(entry.item.row, entry.field, entry.message, manifest=loaded.label)
                 outcomes.append(_invalid(str(problem), entry.item.row, entry.item.id, entry.item.image))
             else:
                 runnable.append(entry)
-        for outcome in outcomes:
-            logger.error("%s", outcome.error)
+                for field, message in entry.warnings:
+                    unchecked.append(str(RowProblem(entry.item.row, field, message, manifest=loaded.label)))
+        for line in first_row_problems([outcome.error or "" for outcome in outcomes]):
+            logger.error("%s", line)
+        for line in first_row_problems(unchecked):
+            logger.warning("%s", line)
+        problems += unchecked
 
         lease_s = (wait_timeout_s or settings.wait_timeout_s) + CLAIM_LEASE_MARGIN_S
         if max_cost is not None:

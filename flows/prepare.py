@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
@@ -17,6 +17,7 @@ from flows.manifest import ManifestItem
 from tasks.images import MAX_IMAGE_BYTES, ImageInfo, ImageProblem, inspect_image
 from tasks.models import ModelSpec, describe_validation_error
 from tasks.submit import ImageInput, SubmitRequest
+from tasks.urlcheck import UrlCheck, check_urls
 
 # Reading images to hash them is I/O bound; keep a few in flight, not thousands.
 PREPARE_CONCURRENCY = 8
@@ -28,6 +29,8 @@ class PreparedItem:
     request: SubmitRequest
     # Per model input name; None for URLs passed through (WaveSpeed fetches those itself).
     images: Mapping[str, ImageInfo | None]
+    # (field, message): image URLs that could not be checked (the item goes on).
+    warnings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ def _image_input(
     return image, info
 
 
+def _column(spec: ModelSpec, input_name: str) -> str:
+    """The manifest column an image input comes from."""
+    return "image" if input_name == spec.main_image_input else input_name
+
+
 def prepare_item(
     item: ManifestItem,
     *,
@@ -106,8 +114,7 @@ def prepare_item(
     for name, source, is_url in sources:
         checked = _image_input(name, source, is_url, storage_options)
         if isinstance(checked, str):
-            column = "image" if name == spec.main_image_input else name
-            return RejectedItem(item, column, checked)
+            return RejectedItem(item, _column(spec, name), checked)
         images.append(checked[0])
         infos[name] = checked[1]
     request = SubmitRequest(model=spec.id, inputs=options, images=images, api_root=api_root)
@@ -121,7 +128,10 @@ async def prepare_items(
     inputs: Mapping[str, Any],
     api_root: str,
     storage_options: Mapping[str, Any],
+    check_image_urls: bool,
 ) -> list[PreparedItem | RejectedItem]:
+    """:func:`prepare_item` for every item, a few at a time; then, with ``check_image_urls``, each
+    distinct http(s) image URL is asked for its headers: one answering 4xx rejects its rows."""
     limit = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
     async def one(item: ManifestItem) -> PreparedItem | RejectedItem:
@@ -135,4 +145,43 @@ async def prepare_items(
                 storage_options=storage_options,
             )
 
-    return list(await asyncio.gather(*(one(item) for item in items)))
+    entries = list(await asyncio.gather(*(one(item) for item in items)))
+    return await _check_image_urls(entries, spec) if check_image_urls else entries
+
+
+async def _check_image_urls(
+    entries: list[PreparedItem | RejectedItem], spec: ModelSpec
+) -> list[PreparedItem | RejectedItem]:
+    checks = await check_urls(
+        image.url
+        for entry in entries
+        if isinstance(entry, PreparedItem)
+        for image in entry.request.images
+        if image.url is not None
+    )
+    if not checks:
+        return entries
+    return [_judged(entry, checks, spec) if isinstance(entry, PreparedItem) else entry for entry in entries]
+
+
+def _judged(
+    entry: PreparedItem, checks: Mapping[str, UrlCheck], spec: ModelSpec
+) -> PreparedItem | RejectedItem:
+    """The item rejected when one of its image URLs answered 4xx, else with a warning for each that
+    could not be checked."""
+    warnings: list[tuple[str, str]] = []
+    for image in entry.request.images:
+        if image.url is None:
+            continue
+        check, column = checks[image.url], _column(spec, image.field)
+        if check.rejected:
+            return RejectedItem(entry.item, column, f"{image.url} answered HTTP {check.status}")
+        if check.doubtful:
+            warnings.append(
+                (
+                    column,
+                    f"could not check {image.url} ({check.doubtful}); submitting it anyway, as WaveSpeed "
+                    "may reach it (WAVESPEED_CHECK_IMAGE_URLS=false skips the check)",
+                )
+            )
+    return replace(entry, warnings=tuple(warnings)) if warnings else entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -13,6 +14,9 @@ from tasks import __version__
 METADATA_FILE = "metadata.json"
 MESH_FILE = "mesh.glb"
 RUNS_FOLDER = "runs"
+# Row problems printed or logged one by one; the rest are counted in one line (a manifest of 10,000
+# identical lines must not print 9,999 "duplicate id" lines). The run summary lists every one.
+ROW_PROBLEMS_SHOWN = 20
 
 
 class ItemStatus(StrEnum):
@@ -62,6 +66,35 @@ ADVICE: dict[ItemStatus, str] = {
         "{n} item(s) were being processed by another run writing to the same output; that run lands them."
     ),
 }
+
+
+def more_row_problems(hidden: int) -> str:
+    return f"… and {hidden} more row problems (see the run summary)"
+
+
+def first_row_problems(problems: Sequence[str], shown: int = ROW_PROBLEMS_SHOWN) -> list[str]:
+    """The first ``shown`` problems and, when there are more, one line counting the rest."""
+    if len(problems) <= shown:
+        return list(problems)
+    return [*problems[:shown], more_row_problems(len(problems) - shown)]
+
+
+def not_landed_lines(items: Iterable[ItemOutcome], shown: int = ROW_PROBLEMS_SHOWN) -> list[str]:
+    """``id: status: error`` for each item that did not land, for the terminal: every failure, but
+    only the first ``shown`` rejected rows, then one line counting the rest."""
+    lines: list[str] = []
+    rejected = 0
+    for item in items:
+        if item.status.landed:
+            continue
+        if item.status is ItemStatus.invalid:
+            rejected += 1
+            if rejected > shown:
+                continue
+        lines.append(f"{item.id}: {item.status.value}: {item.error}")
+    if rejected > shown:
+        lines.append(more_row_problems(rejected - shown))
+    return lines
 
 
 def utc_now() -> str:

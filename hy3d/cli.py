@@ -1,8 +1,8 @@
 """``hy3d run | demo | emulator``.
 
 Exit codes for ``run``: 0 every item landed, 1 some item did not, 2 usage or configuration
-error (missing or rejected API key, unreadable manifest, unwritable output) — always a one-line
-message, never a traceback.
+error (missing or rejected API key, an API root that cannot be reached, unreadable manifest,
+unwritable output) — always a one-line message, never a traceback.
 """
 
 from __future__ import annotations
@@ -126,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(summary: Any) -> None:
+    from flows.records import not_landed_lines
+
     print(summary.headline())
-    for item in summary.items:
-        if not item.status.landed:
-            print(f"  {item.id}: {item.status.value}: {item.error}")
+    for line in not_landed_lines(summary.items):
+        print(f"  {line}")
     if summary.cost_line():
         print(summary.cost_line())
     for advice in summary.advice:
@@ -156,11 +157,14 @@ def run_flow(
     max_cost: float | None = None,
     task_runs: str = "auto",
 ) -> int:
-    """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
+    """Check configuration up front (exit 2, one line), then run the flow and map its outcome.
+
+    What the flow would stop on is checked here first, the API key and root last (one request):
+    a configuration error costs no other request and does not wait for Prefect to start."""
     apply_defaults()
     from flows.manifest import ManifestError, load_manifest
     from tasks.models import UnknownModelError, check_model
-    from tasks.settings import MissingAPIKeyError, WaveSpeedSettings
+    from tasks.settings import InvalidSettingsError, MissingAPIKeyError, load_settings
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -171,11 +175,10 @@ def run_flow(
     if submits_per_minute is not None and submits_per_minute < 1:
         raise UsageError("--submits-per-minute must be at least 1")
     try:
-        WaveSpeedSettings().require_api_key()
-    except MissingAPIKeyError as exc:
+        settings = load_settings()
+        settings.require_api_key()
+    except (MissingAPIKeyError, InvalidSettingsError) as exc:
         raise UsageError(str(exc)) from exc
-    except ValueError as exc:  # pydantic: a malformed WAVESPEED_* variable
-        raise UsageError(f"invalid WAVESPEED_* setting: {exc}") from exc
     try:
         spec = check_model(model)
     except UnknownModelError as exc:
@@ -191,6 +194,15 @@ def run_flow(
     except ManifestError as exc:
         raise UsageError(str(exc)) from exc
 
+    from tasks.storage import OutputNotWritableError, writable_storage
+
+    try:
+        writable_storage(output, storage_options)
+    except OutputNotWritableError as exc:
+        raise UsageError(str(exc)) from exc
+    _check_api(settings)
+
+    # Prefect only now: importing it takes seconds, starting a temporary server more.
     from flows.hunyuan3d import generate_meshes
     from flows.records import RunFailedError, RunSummary
 
@@ -226,16 +238,35 @@ def run_flow(
     raise UsageError(state.message or f"the flow ended {state.name}")
 
 
+def _check_api(settings: Any) -> None:
+    """The flow's first request, made here: a wrong key or an API root that cannot be reached is
+    one line (exit 2) within seconds."""
+    from tasks.client import WaveSpeedClient
+    from tasks.errors import APIUnreachableError, AuthenticationError
+
+    async def check() -> None:
+        client = WaveSpeedClient(settings)  # not `async with`: that would start webhook mode
+        try:
+            await client.check_access()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(check())
+    except (AuthenticationError, APIUnreachableError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def run_estimate(args: argparse.Namespace) -> int:
     apply_defaults()
     from flows.manifest import ManifestError
     from hy3d.estimate import estimate_manifest
     from tasks.errors import WaveSpeedError
     from tasks.models import UnknownModelError
-    from tasks.settings import MissingAPIKeyError, WaveSpeedSettings
+    from tasks.settings import InvalidSettingsError, MissingAPIKeyError, load_settings
 
     try:
-        WaveSpeedSettings().require_api_key()
+        load_settings().require_api_key()
         estimate, rejected = asyncio.run(
             estimate_manifest(
                 args.manifest,
@@ -245,7 +276,13 @@ def run_estimate(args: argparse.Namespace) -> int:
                 storage_options=dict(args.storage_options),
             )
         )
-    except (MissingAPIKeyError, UnknownModelError, ManifestError, WaveSpeedError) as exc:
+    except (
+        MissingAPIKeyError,
+        InvalidSettingsError,
+        UnknownModelError,
+        ManifestError,
+        WaveSpeedError,
+    ) as exc:
         raise UsageError(str(exc)) from exc
     for line in estimate.lines():
         print(line)

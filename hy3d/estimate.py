@@ -11,7 +11,7 @@ from flows.manifest import load_manifest
 from flows.prepare import PreparedItem, prepare_items
 from tasks.client import WaveSpeedClient
 from tasks.models import check_model
-from tasks.settings import WaveSpeedSettings
+from tasks.settings import load_settings
 from tasks.storage import Storage
 from tasks.submit import submit
 
@@ -26,7 +26,7 @@ async def estimate_manifest(
 ) -> tuple[Estimate, int]:
     """The estimate, and how many rows were rejected (they would not be paid for either)."""
     spec = check_model(model)
-    settings = WaveSpeedSettings()
+    settings = load_settings()
     loaded = await asyncio.to_thread(
         partial(
             load_manifest,
@@ -39,12 +39,14 @@ async def estimate_manifest(
     )
     storage = Storage(output, storage_options) if output else None
     async with WaveSpeedClient(settings) as client:
+        await client.check_access()  # a wrong key or API root: one line at once, not retries per item
         entries = await prepare_items(
             loaded.items,
             spec=spec,
             inputs=inputs,
             api_root=settings.base_url,
             storage_options=storage_options,
+            check_image_urls=settings.check_image_urls,
         )
         prepared = [entry for entry in entries if isinstance(entry, PreparedItem)]
         rejected = len(loaded.errors) + len(entries) - len(prepared)

@@ -98,9 +98,10 @@ def _print_summary(summary: ShardedRunSummary) -> None:
     print(summary.headline())
     for chunk in summary.chunks:
         print(f"  {chunk.describe()}")
-    for item in summary.items:
-        if not item.status.landed:
-            print(f"  {item.id}: {item.status.value}: {item.error}")
+    from flows.records import not_landed_lines
+
+    for line in not_landed_lines(summary.items):
+        print(f"  {line}")
     if summary.cost_line():
         print(summary.cost_line())
     for advice in summary.advice:

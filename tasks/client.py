@@ -12,6 +12,8 @@ import email.utils
 import functools
 import json
 import logging
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -27,6 +29,7 @@ from tasks import __version__
 from tasks.account_queue import AccountQueue
 from tasks.errors import (
     APIStatusError,
+    APIUnreachableError,
     AuthenticationError,
     BadRequestError,
     DownloadError,
@@ -48,7 +51,7 @@ from tasks.lanes import LanedTransport
 from tasks.polling import DurationEstimator, PollSchedule
 from tasks.prediction import Prediction
 from tasks.redact import redact, register_secret
-from tasks.retrying import RetryPolicy, retry_async
+from tasks.retrying import RetryPolicy, pause, retry_async
 from tasks.settings import WaveSpeedSettings
 from tasks.webhooks import WebhookReceiver
 
@@ -59,6 +62,37 @@ SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see
 ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# The run's first request, when it cannot connect, is tried again after these pauses, then the run
+# stops: a wrong API root (or no route to it) must not cost minutes of retries per item.
+FIRST_CONTACT_PAUSES_S = (0.5, 1.5)
+
+
+def _why_not_sent(exc: BaseException, connect_timeout_s: float) -> str:
+    """A few words on why a connection could not be made, from the exception chain (httpx wraps
+    httpcore, which wraps the socket's error)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for error in chain:
+        if isinstance(error, socket.gaierror):
+            return f"the host name does not resolve ({error.strerror}); behind a proxy? set HTTPS_PROXY"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted ({error.verify_message})"
+        if isinstance(error, ssl.SSLError):
+            return f"the TLS handshake failed ({error.reason or error})"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return f"no connection within {connect_timeout_s:g} s"
+        if isinstance(error, httpx.UnsupportedProtocol):
+            return str(error)
+    for error in chain:
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror[:1].lower() + error.strerror[1:]
+    root = chain[-1]
+    return f"{type(root).__name__}: {root}"
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -140,6 +174,13 @@ def decode_envelope(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidResponseError(f"HTTP {response.status_code} envelope without a data object")
     return data
+
+
+def _balance_of(data: Mapping[str, Any]) -> float:
+    balance = data.get("balance")
+    if not isinstance(balance, int | float):
+        raise InvalidResponseError("balance answer without a numeric data.balance")
+    return float(balance)
 
 
 @dataclass(frozen=True)
@@ -514,10 +555,7 @@ class WaveSpeedClient:
         data = await self._call_with_retries(
             lambda: self._api.build_request("GET", "/api/v3/balance"), "balance"
         )
-        balance = data.get("balance")
-        if not isinstance(balance, int | float):
-            raise InvalidResponseError("balance answer without a numeric data.balance")
-        return float(balance)
+        return _balance_of(data)
 
     async def get_price(self, model: str, inputs: Mapping[str, Any]) -> Price:
         """USD for one prediction of ``model`` with ``inputs`` (prices can depend on inputs)."""
@@ -536,15 +574,40 @@ class WaveSpeedClient:
         return Price(float(price), None if discounted is None else float(discounted))
 
     async def check_access(self) -> float | None:
-        """Raise :class:`AuthenticationError` when the key is rejected; otherwise the balance, or
-        None when it could not be read (the run goes on: items report their own errors)."""
+        """The first request of a run. Raise :class:`AuthenticationError` when the key is rejected,
+        :class:`APIUnreachableError` when no connection to the API root can be made (name
+        resolution, refused, TLS) within a few seconds; otherwise the balance, or None when it
+        could not be read for another reason such as a 5xx (the run goes on: items report their own
+        errors)."""
         try:
-            return await self.get_balance()
-        except AuthenticationError:
+            return _balance_of(await self._first_contact())
+        except (AuthenticationError, APIUnreachableError):
             raise
         except WaveSpeedError as exc:
             logger.info("could not check the API key up front (%s); going on", exc)
             return None
+
+    async def _first_contact(self) -> dict[str, Any]:
+        """``GET /api/v3/balance``, a connection that cannot be made tried again only briefly (and
+        without a warning per attempt: the caller reports one line); once the server is reached,
+        transient failures get the ordinary retries."""
+
+        def build() -> httpx.Request:
+            return self._api.build_request("GET", "/api/v3/balance")
+
+        for delay in (*FIRST_CONTACT_PAUSES_S, None):
+            try:
+                return await self._call(build())
+            except RequestNotSentError as exc:
+                if delay is None:
+                    reason = _why_not_sent(exc, self.settings.connect_timeout_s)
+                    raise APIUnreachableError(self.base_url, reason) from exc
+                await pause(delay)
+            except WaveSpeedError as exc:
+                if isinstance(exc, AuthenticationError) or not is_transient(exc):
+                    raise
+                return await self._call_with_retries(build, "balance")
+        raise AssertionError("the last attempt returns or raises")
 
     # -- media -------------------------------------------------------------------------------
 

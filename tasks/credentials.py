@@ -18,7 +18,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr, field_validator
 
 from tasks.client import WaveSpeedClient
-from tasks.settings import DEFAULT_BASE_URL, MissingAPIKeyError, WaveSpeedSettings
+from tasks.settings import DEFAULT_BASE_URL, MissingAPIKeyError, WaveSpeedSettings, load_settings
 
 
 class CredentialsBlockNotFoundError(MissingAPIKeyError):
@@ -81,7 +81,7 @@ class WaveSpeedCredentials(CredentialsBlock):
 
     def settings(self) -> WaveSpeedSettings:
         """Client settings: the ``WAVESPEED_*`` environment, with this block's key and base URL."""
-        return WaveSpeedSettings(api_key=self.api_key, base_url=self.base_url)
+        return load_settings(api_key=self.api_key, base_url=self.base_url)
 
     def get_client(self) -> WaveSpeedClient:
         """A WaveSpeed client using this block's key and base URL: ``async with block.get_client()``."""
@@ -100,10 +100,11 @@ def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
 
     Synchronous in every context: safe from plain code, sync tasks and even inside a running event
     loop (where it blocks the loop for one API round trip; prefer :func:`aresolve_settings` there).
-    Raises :class:`CredentialsBlockNotFoundError` when no block has that name.
+    Raises :class:`CredentialsBlockNotFoundError` when no block has that name, and
+    :class:`~tasks.settings.InvalidSettingsError` for a setting that cannot work.
     """
     if block_name is None:
-        return WaveSpeedSettings()
+        return load_settings()
     try:
         # ``load`` is ``@async_dispatch``ed: in an async context it would return a coroutine.
         # ``_sync=True`` makes it the synchronous implementation whatever the context.
@@ -119,7 +120,7 @@ def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
 async def aresolve_settings(block_name: str | None) -> WaveSpeedSettings:
     """Async twin of :func:`resolve_settings`, for async flows and tasks (does not block the loop)."""
     if block_name is None:
-        return WaveSpeedSettings()
+        return load_settings()
     try:
         # Prefect's ``inject_client`` decorator erases ``aload``'s return type.
         block: WaveSpeedCredentials = await WaveSpeedCredentials.aload(block_name)

@@ -6,6 +6,7 @@ idempotency key, so callers must be able to tell "the server certainly did not t
 
     WaveSpeedError
     ├── RequestNotSentError          never reached the server (connect refused/timeout): retry-safe
+    ├── APIUnreachableError          the run's first request found no server at the API root: stop
     ├── NoResponseError              sent, but no answer arrived (read timeout, dropped connection)
     ├── APIStatusError               the server answered with an error status
     │   ├── BadRequestError          400/413/422: permanent for this input, not billed
@@ -35,6 +36,16 @@ class WaveSpeedError(Exception):
 
 class RequestNotSentError(WaveSpeedError):
     """The request never reached the server, so it cannot have been accepted or billed."""
+
+
+class APIUnreachableError(WaveSpeedError):
+    """Configuration error: the first request of a run could not connect to the API root at all (name
+    resolution, connection refused, TLS), even after a few seconds: nothing else will get through."""
+
+    def __init__(self, base_url: str, reason: str) -> None:
+        self.base_url = base_url
+        self.reason = reason
+        super().__init__(f"cannot reach the WaveSpeed API at {base_url}: {reason}")
 
 
 class NoResponseError(WaveSpeedError):

@@ -27,6 +27,12 @@ def set_testing(enabled: bool) -> None:
     _testing = enabled
 
 
+async def pause(seconds: float) -> None:
+    """``asyncio.sleep``, except in tests (:func:`set_testing`), for loops of their own."""
+    if not _testing:
+        await asyncio.sleep(seconds)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 6

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
@@ -18,7 +18,14 @@ class WaveSpeedSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAVESPEED_", env_file=".env", extra="ignore")
 
     api_key: SecretStr | None = Field(default=None, description="WaveSpeed API key (Bearer token).")
-    base_url: str = Field(default=DEFAULT_BASE_URL, description="API root, without /api/v3.")
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="API root, without /api/v3: http(s)://host[:port][/path]."
+    )
+    check_image_urls: bool = Field(
+        default=True,
+        description="Before paying, ask each http(s) image URL of the manifest for its headers (HEAD, "
+        "or a 1-byte GET): a 4xx answer rejects the row. Turn off for URLs only WaveSpeed can reach.",
+    )
 
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0, description="Per request; also bounds each read.")
@@ -57,6 +64,19 @@ class WaveSpeedSettings(BaseSettings):
     max_output_bytes: int = Field(default=2 * 1024**3, gt=0, description="Refuse outputs larger than this.")
     concurrency: int = Field(default=2, ge=1, description="Predictions in flight (Bronze tier allows 2).")
 
+    @field_validator("base_url")
+    @classmethod
+    def _api_root(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises ValueError for a port that is not a number
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"WAVESPEED_BASE_URL {value!r} needs a scheme and host, e.g. {DEFAULT_BASE_URL}")
+        return value
+
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -77,3 +97,27 @@ class WaveSpeedSettings(BaseSettings):
 
 class MissingAPIKeyError(ValueError):
     """Configuration error: nothing can run without a key."""
+
+
+class InvalidSettingsError(ValueError):
+    """Configuration error: a ``WAVESPEED_*`` setting that cannot work; the message is one line."""
+
+
+def load_settings(**values: Any) -> WaveSpeedSettings:
+    """:class:`WaveSpeedSettings` from the environment (``values`` win), or one
+    :class:`InvalidSettingsError` naming each bad variable and its value (not pydantic's
+    multi-line report)."""
+    try:
+        return WaveSpeedSettings(**values)
+    except ValidationError as exc:
+        problems = []
+        for detail in exc.errors():
+            name = "WAVESPEED_" + "_".join(str(part) for part in detail["loc"]).upper()
+            if detail["type"] == "value_error":  # our validators: the message says it all
+                message = str(detail["msg"]).removeprefix("Value error, ")
+                problems.append(message if message.startswith(name) else f"{name}: {message}")
+            elif "KEY" in name or "SECRET" in name:  # never echo a secret
+                problems.append(f"{name}: {detail['msg']}")
+            else:
+                problems.append(f"{name} {detail.get('input')!r}: {detail['msg']}")
+        raise InvalidSettingsError("; ".join(problems)) from None

@@ -234,3 +234,19 @@ def process_alive(pid: int) -> bool:
 def discard(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+class OutputNotWritableError(ValueError):
+    """Configuration error: the output URL cannot be written (bad URL, credentials, permissions)."""
+
+
+def writable_storage(output: str, options: Mapping[str, Any]) -> Storage:
+    """``Storage(output)``, proved writable; any failure is one :class:`OutputNotWritableError`."""
+    try:
+        storage = Storage(output, options)
+        storage.ensure_writable()
+    except Exception as exc:  # any backend error: the message names the URL and the cause
+        raise OutputNotWritableError(
+            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return storage

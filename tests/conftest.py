@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import http.server
+import socket
 import subprocess
 import sys
 import threading
@@ -126,6 +127,14 @@ def serve(folder: Path) -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

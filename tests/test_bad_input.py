@@ -3,21 +3,24 @@
 Row-level problems (a bad id, a bad image value, an image outside WaveSpeed's limits) become ``invalid``
 items naming the manifest row and field, while a good row in the same manifest still lands. Whole-run
 configuration problems (empty manifest, no ``image`` column, not UTF-8, unknown model, bad output, no
-or wrong API key) fail the run with one clear message — through the flow and through the CLI — without
-a single submit, and (except the wrong key, which costs exactly one 401) without any request at all.
+or wrong API key, an API root without a scheme or that cannot be reached) fail the run with one clear
+message — through the flow and through the CLI — without a single submit, and (except the wrong key,
+which costs exactly one 401) without any request at all.
 """
 
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image, ImageDraw
@@ -26,10 +29,10 @@ from emulator import EmulatorServer
 from flows.hunyuan3d import OutputNotWritableError
 from flows.manifest import ManifestError
 from hy3d.cli import main
-from tasks.errors import AuthenticationError
+from tasks.errors import APIUnreachableError, AuthenticationError
 from tasks.models import UnknownModelError
-from tasks.settings import MissingAPIKeyError
-from tests.conftest import run_flow
+from tasks.settings import InvalidSettingsError, MissingAPIKeyError
+from tests.conftest import closed_port, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -151,6 +154,15 @@ def _file_url_outside(folder: Path, outside: Path) -> tuple[str, str]:
     return "bad", secret.as_uri()
 
 
+def _emulator_url(path: str) -> Callable[[Path, Path], tuple[str, str]]:
+    """A row whose image is a URL on the test's emulator (its fixture sets WAVESPEED_BASE_URL)."""
+
+    def make(folder: Path, outside: Path) -> tuple[str, str]:
+        return "bad", os.environ["WAVESPEED_BASE_URL"] + path
+
+    return make
+
+
 ROW_CASES: dict[str, RowCase] = {
     "duplicate-id": RowCase("id", ("duplicate id 'good'", "row 2 already uses it"), _id("good")),
     "id-with-slash": RowCase("id", ("invalid id 'a/b'", "must not contain '/'"), _id("a/b")),
@@ -201,6 +213,12 @@ ROW_CASES: dict[str, RowCase] = {
     ),
     "bmp-named-png": RowCase(
         "image", ("BMP images are not accepted", "bmp.png"), _image("bmp.png", plain((200, 200), "BMP"))
+    ),
+    # Checked with a HEAD before paying: WaveSpeed would take the submit, bill it and fail it (1402).
+    "image-url-404": RowCase(
+        "image",
+        ("http://127.0.0.1:", "/cdn/media/no-such-key.png answered HTTP 404"),
+        _emulator_url("/cdn/media/no-such-key.png"),
     ),
 }
 
@@ -263,6 +281,103 @@ def test_bad_rows_in_jsonl_name_row_and_field(
     assert (summary.landed, summary.failed) == (1, 3)
     assert_good_landed(output, emulator, folder)
     assert_no_traceback(capfd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image URLs: asked for their headers before paying
+
+
+class _PickyServer(http.server.BaseHTTPRequestHandler):
+    """Refuses HEAD (405), as some servers do; a GET gets /ok.png (the first byte for a Range),
+    503 for /busy.png, 404 for anything else. Remembers (method, path, Range) of every request."""
+
+    image: ClassVar[bytes] = b""
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []
+
+    def do_HEAD(self) -> None:
+        self.seen.append(("HEAD", self.path, self.headers.get("Range")))
+        self._answer(405, b"")
+
+    def do_GET(self) -> None:
+        wanted = self.headers.get("Range")
+        self.seen.append(("GET", self.path, wanted))
+        if self.path == "/ok.png":
+            self._answer(206, self.image[:1]) if wanted == "bytes=0-0" else self._answer(200, self.image)
+        else:
+            self._answer(503 if self.path == "/busy.png" else 404, b"")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def picky_server(folder: Path) -> Iterator[str]:
+    _PickyServer.image, _PickyServer.seen = (folder / "good.png").read_bytes(), []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PickyServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_image_urls_are_checked_before_paying(
+    emulator: EmulatorServer, picky_server: str, folder: Path, output: Path
+) -> None:
+    """A 4xx rejects the row (after a 1-byte GET where HEAD is refused); a 5xx or no answer at all only
+    warns, since the URL may be reachable from WaveSpeed alone: those rows are submitted."""
+    unreachable = f"http://127.0.0.1:{closed_port()}/x.png"
+    manifest = write_manifest(
+        folder,
+        [
+            ("ok", f"{picky_server}/ok.png"),
+            ("gone", f"{picky_server}/gone.png"),
+            ("busy", f"{picky_server}/busy.png"),
+            ("nowhere", unreachable),
+            ("again", f"{picky_server}/gone.png"),
+        ],
+    )
+
+    state, summary = run_flow(manifest=str(manifest), output=str(output))
+
+    assert state.is_failed()
+    status = {item.id: item.status.value for item in summary.items}
+    assert status == {
+        "ok": "completed",
+        "gone": "invalid",
+        "busy": "failed",
+        "nowhere": "failed",
+        "again": "invalid",
+    }
+    errors = {item.id: item.error for item in summary.items}
+    assert errors["gone"] == f"manifest.csv row 3, field 'image': {picky_server}/gone.png answered HTTP 404"
+    assert errors["again"] == f"manifest.csv row 6, field 'image': {picky_server}/gone.png answered HTTP 404"
+    [busy, nowhere] = summary.problems
+    assert busy.startswith(
+        f"manifest.csv row 4, field 'image': could not check {picky_server}/busy.png (HTTP 503)"
+    )
+    assert nowhere.startswith(
+        f"manifest.csv row 5, field 'image': could not check {unreachable} (ConnectError"
+    )
+    assert "WAVESPEED_CHECK_IMAGE_URLS=false" in busy
+    # Each distinct URL asked once: HEAD, refused, then a 1-byte GET.
+    checks = [request for request in _PickyServer.seen if request[0] == "HEAD" or request[2]]
+    assert sorted(checks) == sorted(
+        [
+            (method, path, rng)
+            for path in ("/ok.png", "/gone.png", "/busy.png")
+            for method, rng in (("HEAD", None), ("GET", "bytes=0-0"))
+        ]
+    )
+    assert emulator.stats.submits_for_url(f"{picky_server}/gone.png") == 0
+    assert emulator.stats.submits_accepted == 3  # ok, busy, nowhere
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +492,14 @@ def _wrong_key(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return _params(_good_manifest(folder), tmp_path / "out")
 
 
+def _api_root(url: str) -> Callable[[Path, Path, pytest.MonkeyPatch], dict[str, Any]]:
+    def setup(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+        monkeypatch.setenv("WAVESPEED_BASE_URL", url.replace("{closed}", str(closed_port())))
+        return _params(_good_manifest(folder), tmp_path / "out")
+
+    return setup
+
+
 CONFIG_CASES: dict[str, ConfigCase] = {
     "empty-manifest": ConfigCase(
         ManifestError, ("manifest.csv", "contains no images (it is empty)"), _empty_manifest
@@ -405,6 +528,21 @@ CONFIG_CASES: dict[str, ConfigCase] = {
     ),
     "wrong-api-key": ConfigCase(
         AuthenticationError, ("rejected the API key", "WAVESPEED_API_KEY"), _wrong_key, requests=1
+    ),
+    "api-root-without-scheme": ConfigCase(
+        InvalidSettingsError,
+        ("WAVESPEED_BASE_URL '127.0.0.1:37977' needs a scheme and host, e.g. https://api.wavespeed.ai",),
+        _api_root("127.0.0.1:37977"),
+    ),
+    "api-root-refused": ConfigCase(
+        APIUnreachableError,
+        ("cannot reach the WaveSpeed API at http://127.0.0.1:", ": connection refused"),
+        _api_root("http://127.0.0.1:{closed}"),
+    ),
+    "api-root-unresolvable": ConfigCase(
+        APIUnreachableError,
+        ("cannot reach the WaveSpeed API at https://wavespeed.invalid: the host name does not resolve",),
+        _api_root("https://wavespeed.invalid"),
     ),
 }
 
@@ -457,6 +595,9 @@ CLI_CASES = [
     "output-under-a-file",
     "missing-api-key",
     "wrong-api-key",
+    "api-root-without-scheme",
+    "api-root-refused",
+    "api-root-unresolvable",
 ]
 
 

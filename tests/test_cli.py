@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from emulator import EmulatorServer
 from hy3d.cli import main
-from tests.conftest import client_env, run_cli
+from tests.conftest import client_env, closed_port, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,77 @@ def test_demo_lands_the_sample_meshes(tmp_path: Path) -> None:
     assert "4/4 meshes landed (4 already_done)" in again.stdout
     assert "cost: $0.0000 billed" in again.stdout
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "demo").glob("*/mesh.glb")} == written
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_api_root_without_scheme_is_one_line_at_once(emulator: EmulatorServer, tmp_path: Path) -> None:
+    bare = emulator.url.removeprefix("http://")  # "127.0.0.1:PORT": once, every item failed after 86 s
+    env = {**client_env(emulator), "WAVESPEED_BASE_URL": bare}
+
+    started = time.monotonic()
+    result = run_cli(
+        ["run", str(ROOT / "hy3d/samples/manifest.csv"), "-o", str(tmp_path / "out")], env, tmp_path
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"hy3d: error: WAVESPEED_BASE_URL {bare!r} needs a scheme and host, e.g. https://api.wavespeed.ai"
+    ]
+    assert result.stdout == ""
+    assert elapsed < 10, elapsed
+    assert sum(emulator.stats.requests.values()) == 0  # not even the key check
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_closed_port_is_one_line_naming_the_url_within_seconds(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Nothing listens there, so nothing can be counted: one line, no traceback, in seconds (it was a
+    traceback per item after 102 s), and nothing written but the empty output folder. About 5 s: the
+    process's start and ~2 s of tries; the bound leaves room for a loaded machine (11 s seen)."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    env = {**client_env(emulator), "WAVESPEED_BASE_URL": url}
+
+    started = time.monotonic()
+    result = run_cli(
+        ["run", str(ROOT / "hy3d/samples/manifest.csv"), "-o", str(tmp_path / "out")], env, tmp_path
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"hy3d: error: cannot reach the WaveSpeed API at {url}: connection refused"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert elapsed < 15, elapsed
+    assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert sum(emulator.stats.requests.values()) == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_repeated_row_problems_are_summarised(
+    emulator: EmulatorServer, samples: Path, tmp_path: Path
+) -> None:
+    """10,000 identical lines: 9,999 duplicate ids. The terminal and the flow's log show the first 20
+    and count the rest; the run summary lists every one."""
+    manifest = samples / "same.txt"
+    manifest.write_text("red-ball.png\n" * 10_000)
+
+    result = run_cli(
+        ["run", str(manifest), "--output", str(tmp_path / "out")], client_env(emulator), tmp_path
+    )
+
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    more = "… and 9979 more row problems (see the run summary)"
+    for printed in (result.stdout, result.stderr):  # the CLI's summary; the flow's log
+        assert sum("duplicate id" in line for line in printed.splitlines()) == 20
+        assert sum(more in line for line in printed.splitlines()) == 1
+    assert len(result.stdout.splitlines()) < 30
+    [summary_path] = (tmp_path / "out" / "runs").glob("*.json")
+    summary = json.loads(summary_path.read_text())
+    invalid = [item for item in summary["items"] if item["status"] == "invalid"]
+    assert len(invalid) == 9_999
+    assert all("duplicate id 'red-ball'" in item["error"] for item in invalid)
+    assert emulator.stats.submits_accepted == 1

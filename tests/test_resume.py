@@ -207,8 +207,13 @@ def test_transient_failures_are_resubmitted_only_with_retry_failed(
 
 
 def test_permanent_failures_are_not_resubmitted_even_with_retry_failed(
-    emulator: EmulatorServer, image_server: str, tmp_path: Path, output: Path
+    emulator: EmulatorServer,
+    image_server: str,
+    tmp_path: Path,
+    output: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")  # a 404 URL reaches WaveSpeed: 1402
     manifest = tmp_path / "urls.txt"
     manifest.write_text(f"{image_server}/missing.png\n")
     run_flow(manifest=str(manifest), output=str(output))
