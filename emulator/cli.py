@@ -97,6 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--sync-timeout", type=float, default=d.sync_timeout_s, help="enable_sync_mode wait")
     work.add_argument("--mesh-grid", type=int, default=d.mesh_grid, help="vertices along the longer side")
     work.add_argument(
+        "--mesh-texture-px", type=int, default=d.mesh_texture_px, help="the texture's longer side, pixels"
+    )
+    work.add_argument(
+        "--v3-sized",
+        action=argparse.BooleanOptionalAction,
+        default=d.v3_sized,
+        help="meshes sized like Hunyuan3D v3's defaults (some 200-450 k faces, a 2048 px texture)",
+    )
+    work.add_argument(
         "--mesh-bytes", type=int, default=None, help="pad every output GLB to about this many bytes"
     )
     work.add_argument(
@@ -206,6 +215,8 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         image_fetch_timeout_s=get("image_fetch_timeout", d.image_fetch_timeout_s),
         sync_timeout_s=get("sync_timeout", d.sync_timeout_s),
         mesh_grid=get("mesh_grid", d.mesh_grid),
+        mesh_texture_px=get("mesh_texture_px", d.mesh_texture_px),
+        v3_sized=get("v3_sized", d.v3_sized),
         mesh_bytes_target=get("mesh_bytes", None),
         v3_extra_outputs=get("v3_extra_outputs", d.v3_extra_outputs),
         v2_obj_output=get("v2_obj", d.v2_obj_output),

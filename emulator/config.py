@@ -17,6 +17,9 @@ PROFILES = ("default", "realistic")
 """`default`: the documented shapes. `realistic`: the shapes public clients show (see the README)."""
 REALISTIC_DISCOUNT_RATE = 0.1
 REALISTIC_UNLISTED_STATUS_RATE = 0.3
+V3_GRID = 480
+"""`v3_sized`: vertices along the longer side (a relief of some 200-450 k faces, by the silhouette)."""
+V3_TEXTURE_PX = 2048
 
 
 def _default_prices() -> dict[str, float]:
@@ -77,6 +80,12 @@ class EmulatorConfig:
     sync_timeout_s: float = 30.0
     """`enable_sync_mode`: how long a submit blocks before answering `processing` with code 5004."""
     mesh_grid: int = 48
+    mesh_texture_px: int = 256
+    """The texture's longer side in pixels: the image scaled to it (an enlarged image gets a fine
+    grain, as a baked texture has, so that it weighs what a real one does)."""
+    v3_sized: bool = False
+    """Meshes sized like Hunyuan3D v3's defaults: at least V3_GRID vertices along the longer side (some
+    200-450 k faces) and a V3_TEXTURE_PX texture, whatever mesh_grid and mesh_texture_px say."""
     mesh_bytes_target: int | None = None
     """When set, every output GLB is padded (unused buffer tail) to about this many bytes."""
     v3_extra_outputs: bool = True
@@ -123,6 +132,12 @@ class EmulatorConfig:
     @property
     def realistic(self) -> bool:
         return self.profile == "realistic"
+
+    def mesh_size(self) -> tuple[int, int]:
+        """(grid, texture px) of the meshes made now."""
+        if self.v3_sized:
+            return max(self.mesh_grid, V3_GRID), max(self.mesh_texture_px, V3_TEXTURE_PX)
+        return self.mesh_grid, self.mesh_texture_px
 
     @property
     def effective_discount_rate(self) -> float:

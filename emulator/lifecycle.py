@@ -87,10 +87,11 @@ async def _process(state: EmulatorState, prediction: Prediction, spec: ModelSpec
             render_outputs,
             image,
             prompt,
-            config.mesh_grid,
+            config.mesh_size()[0],
             config.mesh_bytes_target,
             prediction.realistic or (spec.multi_output and config.v3_extra_outputs),
             _mesh_format(spec, config, prediction.realistic),
+            config.mesh_size()[1],
         )
     )
     # A render that fails after the prediction failed or was cancelled is not worth a log line.

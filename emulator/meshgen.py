@@ -24,7 +24,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_TEXTURE_MAX_PX = 256
+TEXTURE_PX = 256
+_GRAIN = 6  # +- levels of an enlarged texture's grain
 _WORK_MAX_PX = 512
 _BORDER_DIFF = 0.12
 _FRONT_BASE = 0.02
@@ -34,13 +35,14 @@ _BACK_RELIEF = 0.08
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def image_to_glb(image_bytes: bytes, grid: int = 48) -> bytes:
+def image_to_glb(image_bytes: bytes, grid: int = 48, texture_px: int = TEXTURE_PX) -> bytes:
     """A textured relief mesh derived from `image_bytes` (any format Pillow reads), as GLB bytes.
 
-    `grid` is the number of vertices along the longer image side (at least 2).
-    Raises `PIL.UnidentifiedImageError` / `OSError` when the bytes are not a readable image.
+    `grid` is the number of vertices along the longer image side (at least 2), `texture_px` the
+    texture's longer side. Raises `PIL.UnidentifiedImageError` / `OSError` when the bytes are not a
+    readable image.
     """
-    return mesh_to_glb(image_mesh(image_bytes, grid))
+    return mesh_to_glb(image_mesh(image_bytes, grid, texture_px))
 
 
 def prompt_to_glb(prompt: str, grid: int = 48) -> bytes:
@@ -48,9 +50,9 @@ def prompt_to_glb(prompt: str, grid: int = 48) -> bytes:
     return mesh_to_glb(prompt_mesh(prompt, grid))
 
 
-def image_mesh(image_bytes: bytes, grid: int = 48) -> trimesh.Trimesh:
+def image_mesh(image_bytes: bytes, grid: int = 48, texture_px: int = TEXTURE_PX) -> trimesh.Trimesh:
     """The textured relief mesh of `image_bytes` (see `image_to_glb`)."""
-    return relief_mesh(_load_rgba(image_bytes), grid)
+    return relief_mesh(_load_rgba(image_bytes), grid, texture_px)
 
 
 def _load_rgba(image_bytes: bytes) -> Image.Image:
@@ -78,7 +80,7 @@ def _silhouette(samples: FloatArray, use_alpha: bool) -> BoolArray:
     return mask
 
 
-def relief_mesh(image: Image.Image, grid: int = 48) -> trimesh.Trimesh:
+def relief_mesh(image: Image.Image, grid: int = 48, texture_px: int = TEXTURE_PX) -> trimesh.Trimesh:
     """Build the closed, textured relief mesh for an RGBA image (see module docstring)."""
     grid = max(2, int(grid))
     width, height = image.size
@@ -122,10 +124,22 @@ def relief_mesh(image: Image.Image, grid: int = 48) -> trimesh.Trimesh:
 
     used, remapped = np.unique(faces, return_inverse=True)
     faces = remapped.reshape(-1, 3)
-    texture = image.convert("RGB")
-    texture.thumbnail((_TEXTURE_MAX_PX, _TEXTURE_MAX_PX))
-    visual = trimesh.visual.TextureVisuals(uv=uv[used], image=texture)  # type: ignore[no-untyped-call]
+    visual = trimesh.visual.TextureVisuals(uv=uv[used], image=_texture(image, texture_px))  # type: ignore[no-untyped-call]
     return trimesh.Trimesh(vertices=vertices[used], faces=faces, visual=visual, process=False)
+
+
+def _texture(image: Image.Image, texture_px: int) -> Image.Image:
+    """The image as the texture, its longer side `texture_px`: shrunk, or enlarged with a fine
+    deterministic grain (a smooth enlargement would compress far better than a baked texture)."""
+    texture = image.convert("RGB")
+    if max(texture.size) >= texture_px:
+        texture.thumbnail((texture_px, texture_px))
+        return texture
+    scale = texture_px / max(texture.size)
+    size = (max(1, round(texture.width * scale)), max(1, round(texture.height * scale)))
+    enlarged = np.asarray(texture.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = np.random.default_rng(texture_px).integers(-_GRAIN, _GRAIN + 1, size=enlarged.shape[:2])
+    return Image.fromarray(np.clip(enlarged + grain[..., None], 0, 255).astype(np.uint8))
 
 
 def _side_walls(front_faces: IntArray, offset: int) -> IntArray:
@@ -162,6 +176,21 @@ def prompt_mesh(prompt: str, grid: int = 48) -> trimesh.Trimesh:
     )
 
 
+def vertex_normals(vertices: FloatArray, faces: IntArray) -> FloatArray:
+    """Area-weighted unit vertex normals (numpy only; a vertex without faces points along +z)."""
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_normals)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    unit: FloatArray = np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
+    return unit
+
+
 def mesh_to_glb(mesh: trimesh.Trimesh) -> bytes:
-    data: Any = mesh.export(file_type="glb")
+    """The mesh as GLB bytes, with vertex normals (as Hunyuan3D's meshes have)."""
+    normals = vertex_normals(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, np.int64))
+    mesh.vertex_normals = normals  # type: ignore[method-assign]
+    data: Any = mesh.export(file_type="glb", include_normals=True)
     return bytes(data)

@@ -10,7 +10,7 @@ from enum import StrEnum
 from PIL import Image
 
 from emulator.glb import pad_glb
-from emulator.meshgen import image_mesh, mesh_to_glb, prompt_mesh
+from emulator.meshgen import TEXTURE_PX, image_mesh, mesh_to_glb, prompt_mesh
 from emulator.objfile import obj_text, obj_zip
 
 PNG_TYPE = "image/png"
@@ -49,9 +49,14 @@ def _preview_png(image_bytes: bytes | None, prompt: str) -> bytes:
 
 
 def _mesh_file(
-    image_bytes: bytes | None, prompt: str, grid: int, mesh_bytes_target: int | None, mesh_format: MeshFormat
+    image_bytes: bytes | None,
+    prompt: str,
+    grid: int,
+    mesh_bytes_target: int | None,
+    mesh_format: MeshFormat,
+    texture_px: int = TEXTURE_PX,
 ) -> OutputFile:
-    mesh = image_mesh(image_bytes, grid) if image_bytes is not None else prompt_mesh(prompt, grid)
+    mesh = image_mesh(image_bytes, grid, texture_px) if image_bytes is not None else prompt_mesh(prompt, grid)
     if mesh_format is MeshFormat.OBJ_ZIP:
         return OutputFile(".zip", "application/zip", "obj", obj_zip(mesh), is_mesh=True)
     if mesh_format is MeshFormat.OBJ:
@@ -69,10 +74,11 @@ def render_outputs(
     mesh_bytes_target: int | None,
     with_preview: bool,
     mesh_format: MeshFormat = MeshFormat.GLB,
+    texture_px: int = TEXTURE_PX,
 ) -> list[OutputFile]:
     """The mesh (from the image when given, else from the prompt; a GLB padded to `mesh_bytes_target`
     when set), and optionally a preview image listed first, so that `outputs[0]` is not the mesh."""
-    files = [_mesh_file(image_bytes, prompt, grid, mesh_bytes_target, mesh_format)]
+    files = [_mesh_file(image_bytes, prompt, grid, mesh_bytes_target, mesh_format, texture_px)]
     if with_preview:
         files.insert(0, OutputFile(".png", PNG_TYPE, "png", _preview_png(image_bytes, prompt), is_mesh=False))
     return files
