@@ -60,6 +60,7 @@ ASSETS_FOLDER = "_gallery"
 CACHE_FILE = "cards.json"
 PREVIEW_FILE = "preview.png"
 SIDECAR_FILE = "mesh.js"
+WEB_SIDECAR_FILE = "mesh.web.js"  # the sidecar of mesh.web.glb (deliverable "web")
 SOURCE_FILE = "source.jpg"
 PREVIEW_PX = 256
 SOURCE_PX = 256
@@ -181,15 +182,15 @@ def _write_item_assets(storage: Storage, item_id: str, metadata: Any) -> str | N
     return preview_url
 
 
-def _write_sidecar(storage: Storage, item_id: str, mesh_path: str) -> bool:
+def _write_sidecar(storage: Storage, item_id: str, mesh_path: str, name: str = SIDECAR_FILE) -> bool:
     """``mesh.js``: the GLB as base64 assigned to ``window.hy3dMeshes[id]``, streamed (never the
     whole mesh in memory twice). A mesh over the limit gets none (and loses a stale one)."""
     if os.path.getsize(mesh_path) > MAX_SIDECAR_BYTES:
-        _drop_sidecar(storage, item_id)
+        _drop_sidecar(storage, item_id, name)
         return False
     key = json.dumps(item_id, ensure_ascii=True)
     with (
-        _staged(storage, item_id, SIDECAR_FILE) as staged,
+        _staged(storage, item_id, name) as staged,
         open(mesh_path, "rb") as source,
         open(staged, "wb") as out,
     ):
@@ -200,10 +201,20 @@ def _write_sidecar(storage: Storage, item_id: str, mesh_path: str) -> bool:
     return True
 
 
-def _drop_sidecar(storage: Storage, item_id: str) -> None:
+def _drop_sidecar(storage: Storage, item_id: str, name: str = SIDECAR_FILE) -> None:
     """A stale sidecar would show an older mesh than the one published."""
     with contextlib.suppress(FileNotFoundError, OSError):
-        storage.fs.rm_file(storage.path(item_id, SIDECAR_FILE))
+        storage.fs.rm_file(storage.path(item_id, name))
+
+
+def write_web_sidecar(storage: Storage, item_id: str, web_glb_path: str) -> bool:
+    """``mesh.web.js``: the web GLB's sidecar, so that the viewer shows the web GLB from file:// too
+    (:mod:`flows.deliver` writes it with the web GLB). Never raises (logs instead)."""
+    try:
+        return _write_sidecar(storage, item_id, web_glb_path, WEB_SIDECAR_FILE)
+    except Exception as exc:
+        logger.warning("%s: could not write %s: %s: %s", item_id, WEB_SIDECAR_FILE, type(exc).__name__, exc)
+        return False
 
 
 def _is_url(source: str) -> bool:
@@ -504,7 +515,29 @@ def _card_from_metadata(item_id: str, metadata: Mapping[str, Any]) -> dict[str, 
         "warnings": [str(w) for w in metadata.get("warnings") or []][:5],
         "source": source,
         "source_kind": None if source is None else ("url" if _is_url(source) else "stored"),
+        "deliverables": _deliverables(metadata.get("deliverables")),
     }
+
+
+def _deliverables(records: Any) -> list[dict[str, Any]]:
+    """What the card lists of ``metadata.json``'s ``deliverables``: format, file, bytes or error."""
+    if not isinstance(records, dict):
+        return []
+    listed = []
+    for fmt, record in records.items():
+        if not isinstance(record, dict):
+            continue
+        path = record.get("path")
+        listed.append(
+            {
+                "format": str(fmt),
+                "path": path if isinstance(path, str) and "/" not in path else None,
+                "bytes": record.get("bytes") if isinstance(record.get("bytes"), int) else None,
+                "sha": (str(record.get("sha256") or ""))[:12] or None,
+                "error": str(record["error"])[:300] if record.get("error") else None,
+            }
+        )
+    return listed
 
 
 def _cards_without_metadata(summary: RunSummary, known: set[str]) -> list[dict[str, Any]]:
@@ -581,6 +614,19 @@ def _with_files(item_id: str, card: dict[str, Any], entry: _Entry) -> dict[str, 
         result["source_img"] = None
     if card["landed"] and not has_mesh:
         result["note"] = f"{MESH_FILE} is missing from the output"
+    deliverables = []
+    for record in card.get("deliverables") or []:
+        shown = dict(record)
+        present = bool(record.get("path")) and entry.has(record["path"])
+        shown["href"] = _href(item_id, record["path"], record.get("sha")) if present else None
+        deliverables.append(shown)
+        if record["format"] == "web" and present and has_mesh:
+            result["web"] = shown["href"]
+            if entry.has(WEB_SIDECAR_FILE):
+                result["web_sidecar"] = _href(item_id, WEB_SIDECAR_FILE, record.get("sha"))
+        if record["format"] == "usdz" and present:
+            result["usdz"] = _href(item_id, record["path"])  # AR Quick Look: the plain file name
+    result["deliverables"] = deliverables
     return result
 
 

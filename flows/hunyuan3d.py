@@ -19,20 +19,25 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
+from flows.deliver import Deliverer
 from flows.durations import read_durations, seed_estimator, write_durations
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
 from flows.gctuning import fewer_gc_passes
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.parameters import (
+    DEFAULT_FORMATS,
     ConcurrencyParam,
+    FormatsParam,
     InputsParam,
+    MaxFacesParam,
     ModelParam,
     QueueHeadroomParam,
     ResubmitUnknownParam,
     StorageOptionsParam,
     SubmitsPerMinuteParam,
     WaitTimeoutParam,
+    WebTexturePxParam,
 )
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
@@ -48,6 +53,13 @@ from flows.records import (
 from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
+from tasks.deliverables import (
+    DEFAULT_WEB_TEXTURE_PX,
+    DeliverableSettings,
+    DeliverablesUnavailableError,
+    UnknownFormatError,
+    check_available,
+)
 from tasks.errors import APIUnreachableError, AuthenticationError
 from tasks.ledger import PredictionLedger
 from tasks.limits import (
@@ -230,6 +242,9 @@ async def generate_meshes(
             "row. The sharded flow hands each chunk its rows this way."
         ),
     ] = None,
+    formats: FormatsParam = DEFAULT_FORMATS,
+    web_texture_px: WebTexturePxParam = DEFAULT_WEB_TEXTURE_PX,
+    max_faces: MaxFacesParam = None,
 ) -> State[Any]:
     """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
     a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land.
@@ -267,6 +282,12 @@ async def generate_meshes(
             cache records, so workers on different hosts share the never-pay-twice guarantee.
         rows: Only these manifest rows (row numbers as in the run summary); default: every row. The
             sharded flow hands each chunk its rows this way.
+        formats: Files to deliver per item: glb (mesh.glb as WaveSpeed made it, always kept), web
+            (mesh.web.glb: meshopt-compressed, WebP textures), usdz (mesh.usdz for AR Quick Look), stl
+            (mesh.stl), obj (mesh.obj.zip). Items already done get the ones they lack, without a
+            WaveSpeed call.
+        web_texture_px: Web GLB: textures at most this many pixels on their longer side.
+        max_faces: Web GLB and USDZ: simplify meshes with more faces to this many. Default: keep all.
     """
     logger = get_run_logger()
     redact_logs()
@@ -279,6 +300,8 @@ async def generate_meshes(
         settings.require_api_key()
         spec = check_model(model)
         _check_inputs(spec, inputs or {})
+        deliverables = DeliverableSettings.from_parameters(formats, web_texture_px, max_faces)
+        check_available(deliverables)  # a missing extra or tool: one line, before anything is paid
         loaded = await asyncio.to_thread(
             partial(
                 load_manifest,
@@ -310,6 +333,8 @@ async def generate_meshes(
         ManifestError,
         OutputNotWritableError,
         ConfigurationError,
+        DeliverablesUnavailableError,
+        UnknownFormatError,
     ) as exc:
         return Failed(message=str(exc), data=exc)
 
@@ -394,6 +419,8 @@ async def generate_meshes(
             in_flight_limit=concurrency_limit_name,
             submit_task=submit_task,
         )
+        if deliverables.formats:
+            ctx.deliverer = Deliverer(deliverables, storage, sidecars=ctx.previews)
         # What a killed run left behind: its half-written downloads and its claims.
         swept = await asyncio.to_thread(storage.sweep_staging) + await asyncio.to_thread(ctx.claims.sweep)
         if swept:

@@ -12,8 +12,9 @@ parameter schema puts over these.
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
+from tasks.deliverables import DEFAULT_WEB_TEXTURE_PX, FormatName
 from tasks.models import KNOWN_MODELS
 
 # A plain string checked in the flow's body (one clear error), offered as a choice in the UI form.
@@ -44,3 +45,34 @@ ResubmitUnknownParam = Annotated[
     Field(description="Submit again items whose earlier submit may have been accepted. May bill twice."),
 ]
 SubmitsPerMinuteParam = Annotated[int | None, Field(ge=1)]
+
+
+def _comma_separated(value: Any) -> Any:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+# Deliverables (tasks/deliverables, flows/deliver.py); the CLI's flags are in hy3d/options.py.
+FormatsParam = Annotated[
+    tuple[FormatName, ...],
+    BeforeValidator(_comma_separated),
+    Field(
+        description="Files to deliver per item (a list, or 'glb,web,usdz'): glb (mesh.glb as WaveSpeed made "
+        "it, always kept), web (mesh.web.glb: meshopt-compressed, WebP textures), usdz (mesh.usdz for AR "
+        "Quick Look), stl (mesh.stl), obj (mesh.obj.zip). Items already done get the ones they lack, "
+        "without a WaveSpeed call."
+    ),
+]
+DEFAULT_FORMATS: tuple[FormatName, ...] = ("glb",)
+WebTexturePxParam = Annotated[
+    int,
+    Field(
+        ge=16,
+        le=16384,
+        description=f"Web GLB: textures at most this many pixels on their longer side (default "
+        f"{DEFAULT_WEB_TEXTURE_PX}).",
+    ),
+]
+MaxFacesParam = Annotated[
+    int | None,
+    Field(ge=12, description="Web GLB and USDZ: simplify meshes with more faces to this many. Default: all."),
+]

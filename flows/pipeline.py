@@ -19,6 +19,7 @@ from prefect import Task
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 
+from flows.deliver import Deliverer
 from flows.gallery import write_preview
 from flows.prepare import PreparedItem
 from flows.records import (
@@ -91,6 +92,7 @@ class RunContext:
     # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
     # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
     queue_headroom: int = 0
+    deliverer: Deliverer | None = None  # formats beyond mesh.glb (flows/deliver.py); None: glb only
     # A slot is held from the submit until the prediction is terminal: `concurrency` processing plus
     # `queue_headroom` queued. Items also prepare, download and publish outside their slot, so that
     # the account never idles on our I/O; _items bounds all of it.
@@ -360,6 +362,8 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             outcome.prediction_id = (existing.get("prediction") or {}).get("id")
             outcome.mesh = ctx.storage.url(item.id, MESH_FILE)
             outcome.faces = (existing.get("mesh") or {}).get("faces")
+            if ctx.deliverer is not None:  # the formats it lacks, from its mesh: nothing to pay for
+                outcome.deliverables = await ctx.deliverer.add_to_existing(item.id, existing)
             ctx.log_item("%s: already done, nothing to pay for", item.id)
             return outcome
 
@@ -398,6 +402,8 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             outcome.status, outcome.error = ItemStatus.error, f"{type(exc).__name__}: {exc}"
         outcome.seconds = round(time.monotonic() - started, 3)
 
+        if ctx.deliverer is not None and outcome.status is ItemStatus.completed:
+            outcome.deliverables = await ctx.deliverer.deliver(item.id)
         document = _metadata(ctx, prepared, outcome, result, mesh, started_at)
         try:
             if outcome.status.landed or await ctx.storage.small_io(
@@ -501,4 +507,5 @@ def _metadata(
         error=None if outcome.error is None else {"message": outcome.error, "code": outcome.error_code},
         warnings=list(result.warnings) if result else [],
         flow_run_id=ctx.flow_run_id,
+        **({"deliverables": outcome.deliverables} if outcome.deliverables is not None else {}),
     )

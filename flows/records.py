@@ -67,6 +67,12 @@ ADVICE: dict[ItemStatus, str] = {
     ),
 }
 
+DELIVERABLES_ADVICE = (
+    "{n} deliverable(s) (formats beyond mesh.glb) could not be made: each item's metadata.json says why "
+    "under deliverables; their meshes landed. Re-running with the same formats tries them again and "
+    "pays nothing."
+)
+
 
 def more_row_problems(hidden: int) -> str:
     return f"… and {hidden} more row problems (see the run summary)"
@@ -115,6 +121,11 @@ class ItemOutcome(BaseModel):
     error: str | None = None
     error_code: int | None = None
     price_usd: float | None = None
+    deliverables: dict[str, Any] | None = None  # as in metadata.json (formats beyond mesh.glb)
+
+    def failed_deliverables(self) -> list[str]:
+        records = self.deliverables or {}
+        return sorted(k for k, record in records.items() if isinstance(record, dict) and "error" in record)
 
 
 class RunSummary(BaseModel):
@@ -139,6 +150,9 @@ class RunSummary(BaseModel):
     refund_usd: float | None = Field(
         default=None,
         description="Of that, what WaveSpeed refunds within 3 hours for predictions that failed.",
+    )
+    deliverables_failed: int = Field(
+        default=0, description="Deliverables (formats beyond mesh.glb) that could not be made; meshes kept."
     )
     summary_url: str | None = None
     gallery_url: str | None = None
@@ -166,6 +180,9 @@ class RunSummary(BaseModel):
         advice = [
             text.format(n=counts[status.value]) for status, text in ADVICE.items() if status.value in counts
         ]
+        deliverables_failed = sum(len(item.failed_deliverables()) for item in items)
+        if deliverables_failed:
+            advice.append(DELIVERABLES_ADVICE.format(n=deliverables_failed))
         return cls(
             manifest=manifest,
             output=output,
@@ -183,6 +200,7 @@ class RunSummary(BaseModel):
             stop_reason=stop_reason,
             cost_usd=round(cost_usd, 6) if cost_usd is not None else None,
             refund_usd=round(refund_usd, 6) if refund_usd is not None else None,
+            deliverables_failed=deliverables_failed,
         )
 
     def cost_line(self) -> str | None:

@@ -46,16 +46,27 @@ from flows.artifacts import publish_run_artifacts
 from flows.hunyuan3d import ConfigurationError, OutputNotWritableError
 from flows.manifest import Manifest, ManifestError, load_manifest
 from flows.parameters import (
+    DEFAULT_FORMATS,
     ConcurrencyParam,
+    FormatsParam,
     InputsParam,
+    MaxFacesParam,
     ModelParam,
     QueueHeadroomParam,
     ResubmitUnknownParam,
     StorageOptionsParam,
     SubmitsPerMinuteParam,
     WaitTimeoutParam,
+    WebTexturePxParam,
 )
 from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from tasks.deliverables import (
+    DEFAULT_WEB_TEXTURE_PX,
+    DeliverableSettings,
+    DeliverablesUnavailableError,
+    UnknownFormatError,
+    check_available,
+)
 from tasks.limits import ensure_global_limit, queue_headroom_for
 from tasks.models import UnknownModelError, check_model
 from tasks.redact import redact_logs
@@ -578,6 +589,9 @@ async def generate_meshes_sharded(
     poll_interval_s: Annotated[
         float, Field(gt=0, le=300, description="How often the parent checks on its chunks, seconds.")
     ] = 5.0,
+    formats: FormatsParam = DEFAULT_FORMATS,
+    web_texture_px: WebTexturePxParam = DEFAULT_WEB_TEXTURE_PX,
+    max_faces: MaxFacesParam = None,
 ) -> State[Any]:
     """Shard the manifest into chunks, run each chunk as a flow run of ``deployment`` on its work pool,
     wait for all of them and write one summary under ``DEST/runs/``. Ends Failed naming the chunks
@@ -609,6 +623,10 @@ async def generate_meshes_sharded(
         cache_storage_block: Saved filesystem block holding submit cache records.
         chunk_timeout_s: Give a chunk up when it has not finished this long after it started.
         poll_interval_s: How often the parent checks on its chunks, seconds.
+        formats: Files to deliver per item (glb, web, usdz, stl, obj), as for hunyuan3d-meshes; every
+            worker needs what they need (the extra prefect-hunyuan3d[formats], gltfpack for web).
+        web_texture_px: Web GLB: textures at most this many pixels on their longer side.
+        max_faces: Web GLB and USDZ: simplify meshes with more faces to this many. Default: keep all.
     """
     logger = get_run_logger()
     redact_logs()
@@ -618,6 +636,8 @@ async def generate_meshes_sharded(
         rate_limit_name = DEFAULT_RATE_LIMIT  # one window for every chunk, not one per chunk
     try:
         spec = _check_inputs(model, inputs or {})
+        deliverables = DeliverableSettings.from_parameters(formats, web_texture_px, max_faces)
+        check_available(deliverables)  # here too: the parent's host should be set up like the workers
         if rate_limit_name and not submits_per_minute:
             raise ConfigurationError("rate_limit_name needs submits_per_minute (the rate to enforce)")
         loaded = await asyncio.to_thread(
@@ -641,11 +661,13 @@ async def generate_meshes_sharded(
                     f"`prefect --no-prompt deploy --all`): {exc}"
                 ) from exc
             accepted = (target.parameter_openapi_schema or {}).get("properties") or {}
-            if accepted and "rows" not in accepted:
-                raise ConfigurationError(
-                    f"deployment {deployment!r} does not take a 'rows' parameter (deployed from an older "
-                    "checkout?): deploy it again with `prefect --no-prompt deploy --all`"
-                )
+            needed = ["rows", "formats"] if deliverables.formats else ["rows"]
+            for name in needed:
+                if accepted and name not in accepted:
+                    raise ConfigurationError(
+                        f"deployment {deployment!r} does not take a {name!r} parameter (deployed from an "
+                        "older checkout?): deploy it again with `prefect --no-prompt deploy --all`"
+                    )
         try:
             if concurrency_limit_name:
                 await ensure_global_limit(
@@ -655,7 +677,14 @@ async def generate_meshes_sharded(
                 await ensure_global_limit(rate_limit_name, submits_per_minute, per_minute=submits_per_minute)
         except Exception as exc:
             raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
-    except (UnknownModelError, ManifestError, OutputNotWritableError, ConfigurationError) as exc:
+    except (
+        UnknownModelError,
+        ManifestError,
+        OutputNotWritableError,
+        ConfigurationError,
+        DeliverablesUnavailableError,
+        UnknownFormatError,
+    ) as exc:
         return Failed(message=str(exc), data=exc)
 
     expected = manifest_rows(loaded)
@@ -677,6 +706,10 @@ async def generate_meshes_sharded(
         "rate_limit_name": rate_limit_name,
         "cache_storage_block": cache_storage_block,
     }
+    if deliverables.formats:  # only then: a deployment from before formats existed still takes the rest
+        parameters.update(
+            formats=["glb", *deliverables.formats], web_texture_px=web_texture_px, max_faces=max_faces
+        )
     parameters = {name: value for name, value in parameters.items() if value is not None}
     run_id = current_run.get_id()
     run_name = current_run.get_name() or "hy3d"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from hy3d.options import (
     add_concurrency_options,
+    add_formats_options,
     add_item_options,
     add_key_value_option,
     add_manifest_argument,
@@ -60,6 +61,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Refuse to start when the estimate exceeds USD; stop submitting when spending would.",
     )
     add_resubmit_options(parser)
+    add_formats_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +133,9 @@ def _print_summary(summary: Any) -> None:
     print(summary.headline())
     for line in not_landed_lines(summary.items):
         print(f"  {line}")
+    for item in summary.items:
+        for fmt in item.failed_deliverables():
+            print(f"  {item.id}: {fmt} not made: {(item.deliverables or {})[fmt]['error']}")
     if summary.cost_line():
         print(summary.cost_line())
     for advice in summary.advice:
@@ -156,6 +161,9 @@ def run_flow(
     submits_per_minute: int | None = None,
     max_cost: float | None = None,
     task_runs: str = "auto",
+    formats: tuple[str, ...] = ("glb",),
+    web_texture_px: int = 1024,
+    max_faces: int | None = None,
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome.
 
@@ -174,6 +182,13 @@ def run_flow(
         raise UsageError("--max-cost must not be negative")
     if submits_per_minute is not None and submits_per_minute < 1:
         raise UsageError("--submits-per-minute must be at least 1")
+    from tasks.deliverables import DeliverableSettings, DeliverablesUnavailableError, UnknownFormatError
+    from tasks.deliverables import check_available as check_formats
+
+    try:
+        check_formats(DeliverableSettings.from_parameters(formats, web_texture_px, max_faces))
+    except (DeliverablesUnavailableError, UnknownFormatError) as exc:
+        raise UsageError(str(exc)) from exc
     try:
         settings = load_settings()
         settings.require_api_key()
@@ -222,6 +237,9 @@ def run_flow(
             submits_per_minute=submits_per_minute,
             max_cost=max_cost,
             task_runs=task_runs,
+            formats=formats,
+            web_texture_px=web_texture_px,
+            max_faces=max_faces,
             return_state=True,
         ),
     )
@@ -310,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 submits_per_minute=args.submits_per_minute,
                 max_cost=args.max_cost,
                 task_runs=args.task_runs,
+                formats=args.formats,
+                web_texture_px=args.web_texture_px,
+                max_faces=args.max_faces,
             )
         if args.command == "run-sharded":
             from hy3d.sharded import run_from_args

@@ -96,3 +96,40 @@ def add_resubmit_options(
     """``--retry-failed`` and ``--resubmit-unknown``: the two ways to pay again, both off by default."""
     parser.add_argument("--retry-failed", action="store_true", help=retry_failed_help)
     parser.add_argument("--resubmit-unknown", action="store_true", help=resubmit_unknown_help)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from tasks.deliverables import UnknownFormatError, parse_formats
+
+    try:
+        return ("glb", *parse_formats(text))
+    except UnknownFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_formats_options(parser: argparse.ArgumentParser) -> None:
+    """``--formats``, ``--web-texture-px`` and ``--max-faces``: the files delivered per item."""
+    parser.add_argument(
+        "--formats",
+        type=_formats,
+        default=("glb",),
+        metavar="glb,web,usdz,stl,obj",
+        help="Files per item (default glb: mesh.glb, always kept as WaveSpeed made it): web = mesh.web.glb "
+        "(meshopt, WebP, for web pages), usdz = mesh.usdz (AR Quick Look), stl = mesh.stl, obj = "
+        "mesh.obj.zip. Items already done get the ones they lack, paying nothing. usdz needs the extra "
+        "prefect-hunyuan3d[formats]; web needs gltfpack (python3 tools/formats_npm.py).",
+    )
+    parser.add_argument(
+        "--web-texture-px",
+        type=int,
+        default=1024,
+        metavar="PX",
+        help="Web GLB: textures at most PX on their longer side (default 1024).",
+    )
+    parser.add_argument(
+        "--max-faces",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Web GLB and USDZ: simplify meshes with more faces to N (default: keep all).",
+    )

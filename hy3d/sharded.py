@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hy3d.cli import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from hy3d.options import (
     add_concurrency_options,
+    add_formats_options,
     add_item_options,
     add_manifest_argument,
     add_model_option,
@@ -92,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         resubmit_unknown_help="Submit again items whose earlier submit may have been accepted. "
         "May bill twice.",
     )
+    add_formats_options(parser)
 
 
 def _print_summary(summary: ShardedRunSummary) -> None:
@@ -131,6 +133,9 @@ def run_sharded(
     credentials_block: str | None = None,
     chunk_timeout_s: float | None = None,
     poll_interval_s: float = 5.0,
+    formats: tuple[str, ...] = ("glb",),
+    web_texture_px: int = 1024,
+    max_faces: int | None = None,
 ) -> int:
     """Run the sharded flow here and map its outcome to an exit code; configuration errors are
     printed as one line on stderr (exit 2). ``concurrency_limit_name=None`` runs without a global cap."""
@@ -159,6 +164,9 @@ def run_sharded(
             credentials_block=credentials_block,
             chunk_timeout_s=chunk_timeout_s,
             poll_interval_s=poll_interval_s,
+            formats=formats,
+            web_texture_px=web_texture_px,
+            max_faces=max_faces,
         )
     except UsageError as exc:
         print(f"hy3d: error: {exc}", file=sys.stderr)
@@ -231,6 +239,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         credentials_block=args.credentials_block,
         chunk_timeout_s=args.chunk_timeout,
         poll_interval_s=args.poll_interval,
+        formats=args.formats,
+        web_texture_px=args.web_texture_px,
+        max_faces=args.max_faces,
     )
 
 

@@ -8,7 +8,10 @@
  *   a viewer's scene, then the frame is copied into the card's 2D canvas.
  * - Mesh bytes: over http(s), fetch(mesh.glb); from disk (or if that fails), the card's mesh.js
  *   sidecar, a plain <script> that stores the GLB as base64 in window.hy3dMeshes[id]. Either way
- *   GLTFLoader.parse reads the bytes: no request for the GLB is needed on file://.
+ *   GLTFLoader.parse reads the bytes: no request for the GLB is needed on file://. An item with a
+ *   web GLB (deliverable "web": meshopt-compressed, WebP textures) shows that instead, from
+ *   mesh.web.glb or its mesh.web.js sidecar; card.dataset.mesh says which ("web" or "glb").
+ * - Deliverables are listed with their sizes; a USDZ gets an AR Quick Look link (<a rel="ar">).
  * - Each card carries data-loaded: "false" | "loading" | "true" | "error" | "none" (tests wait on it).
  */
 (function () {
@@ -171,6 +174,8 @@
       error.appendChild(document.createTextNode(" " + item.error));
       card.appendChild(error);
     }
+    if (item.deliverables && item.deliverables.length) card.appendChild(deliverables(item));
+    if (item.usdz) card.appendChild(arLink(item));
     if (item.note) card.appendChild(el("p", "note", item.note));
     (item.warnings || []).forEach(function (w) { card.appendChild(el("p", "note", w)); });
 
@@ -183,6 +188,43 @@
 
     if (item.landed && item.mesh) viewers.set(card, new Viewer(card, box, canvas, message, item));
     return card;
+  }
+
+  var FORMAT_NAMES = { web: "web GLB", usdz: "USDZ", stl: "STL", obj: "OBJ (zip)" };
+
+  function deliverables(item) {
+    var list = el("ul", "deliverables");
+    list.setAttribute("aria-label", "Deliverables");
+    item.deliverables.forEach(function (d) {
+      var entry = el("li");
+      entry.dataset.format = d.format;
+      var name = FORMAT_NAMES[d.format] || d.format;
+      if (d.error) {
+        entry.classList.add("failed");
+        entry.appendChild(el("span", "name", name));
+        entry.appendChild(el("span", "error", "failed"));
+        entry.title = d.error;
+      } else {
+        entry.appendChild(d.href ? link(d.href, name) : el("span", "name", name));
+        var size = bytes(d.bytes);
+        if (size) entry.appendChild(el("span", "size", size));
+      }
+      list.appendChild(entry);
+    });
+    return list;
+  }
+
+  // AR Quick Look (iOS/iPadOS Safari) opens a USDZ linked with rel="ar" whose first child is an image.
+  function arLink(item) {
+    var a = el("a", "ar");
+    a.rel = "ar";
+    a.href = item.usdz;
+    var img = el("img");
+    img.src = item.preview || "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
+    img.alt = "";
+    a.appendChild(img);
+    a.appendChild(document.createTextNode("View in AR"));
+    return a;
   }
 
   function figure(src, caption, title) {
@@ -219,16 +261,16 @@
     return out.buffer;
   }
 
-  function fromSidecar(item) {
+  function fromSidecar(item, src) {
     return new Promise(function (resolve, reject) {
-      if (!item.sidecar) {
+      if (!src) {
         reject(new Error("opened from disk, and this mesh has no mesh.js sidecar (too large): open mesh.glb"));
         return;
       }
       var store = (window.hy3dMeshes = window.hy3dMeshes || {});
       var script = document.createElement("script");
       script.async = true;
-      script.src = item.sidecar;
+      script.src = src;
       script.onload = function () {
         var text = store[item.id];
         delete store[item.id];
@@ -240,25 +282,33 @@
       };
       script.onerror = function () {
         script.remove();
-        reject(new Error("could not load " + item.sidecar));
+        reject(new Error("could not load " + src));
       };
       document.head.appendChild(script);
     });
   }
 
-  // Resolves to the GLB's bytes; notes on the card how they came ("fetch" or "sidecar").
+  // Resolves to the GLB's bytes: the web GLB when the item has one, else mesh.glb. Notes on the
+  // card how they came ("fetch" or "sidecar") and which mesh it is ("web" or "glb").
   function meshBytes(item, card) {
+    var web = !!item.web;
+    card.dataset.mesh = web ? "web" : "glb";
     function sidecar() {
       card.dataset.via = "sidecar";
-      return fromSidecar(item);
+      if (web && !item.web_sidecar) {
+        card.dataset.mesh = "glb"; // no web sidecar (too large, or made by a run without previews)
+        return fromSidecar(item, item.sidecar);
+      }
+      return fromSidecar(item, web ? item.web_sidecar : item.sidecar);
     }
     if (location.protocol === "http:" || location.protocol === "https:") {
       card.dataset.via = "fetch";
-      return fetch(item.mesh).then(function (response) {
-        if (!response.ok) throw new Error("HTTP " + response.status + " for " + item.mesh);
+      var url = web ? item.web : item.mesh;
+      return fetch(url).then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status + " for " + url);
         return response.arrayBuffer();
       }).catch(function (error) {
-        if (item.sidecar) return sidecar();
+        if (item.sidecar || item.web_sidecar) return sidecar();
         throw error;
       });
     }
@@ -267,7 +317,9 @@
 
   function parse(buffer) {
     return new Promise(function (resolve, reject) {
-      new T.GLTFLoader().parse(buffer, "", resolve, reject);
+      var loader = new T.GLTFLoader();
+      if (T.MeshoptDecoder) loader.setMeshoptDecoder(T.MeshoptDecoder); // web GLBs: EXT_meshopt_compression
+      loader.parse(buffer, "", resolve, reject);
     });
   }
 
