@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import mimetypes
 import os
 import socket
 import tempfile
@@ -189,7 +190,7 @@ class Storage:
                     os.replace(staged, final)
                 return  # renamed: nothing left to discard
             self.fs.makedirs(self.path(*parts[:-1]), exist_ok=True)
-            self.fs.put_file(staged, final)
+            self.fs.put_file(staged, final, **_upload_options(self.fs, parts[-1]))
         except BaseException:
             discard(staged)
             raise
@@ -206,6 +207,17 @@ class Storage:
             discard(staged)
             raise
         self.publish(staged, *parts)
+
+
+def _upload_options(fs: AbstractFileSystem, name: str) -> dict[str, Any]:
+    """The object's Content-Type from its final name, for stores that do not guess it: s3fs and gcsfs
+    take it from the local file's name (stage files under their final name for them), adlfs leaves
+    application/octet-stream (and AR Quick Look opens only model/vnd.usdz+zip)."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    content_type = mimetypes.guess_type(name)[0]
+    if content_type and protocols & {"abfs", "az", "abfss"}:
+        return {"content_settings": {"content_type": content_type}}
+    return {}
 
 
 class UnsafePathError(ValueError):
