@@ -4,9 +4,10 @@ Meshes: the emulator's own (``emulator/meshgen.py``, as it answers predictions) 
 at the default size and ``v3_sized`` (Hunyuan3D v3's defaults: a 2048 px texture and hundreds of
 thousands of faces), a 20 k-face mesh with a 1 K texture, and a 500 k-face mesh with a 2 K texture.
 Each conversion runs alone in a fresh process (``--worker``), as a run's worker thread would run it;
-``seconds`` is the conversion inside it (imports excluded), ``peak MB`` the process's peak RSS with its
-children (gltfpack's node process included; ``os.wait4``), ``size`` the deliverable against
-``mesh.glb``.
+``seconds`` is the conversion's wall time inside it (imports excluded), ``CPU s`` the whole process's
+CPU with its children (imports included; steadier than wall time on a busy machine), ``peak MB`` its
+peak RSS with its children (gltfpack's node process included; ``os.wait4``), ``size`` the deliverable
+against ``mesh.glb``. The load average is printed: other work on the machine stretches the seconds.
 
     uv run python bench/formats.py [--formats web,usdz,stl,obj] [--quick]
 """
@@ -33,12 +34,21 @@ SAMPLES = ROOT / "hy3d" / "samples"
 
 
 def worker(fmt: str, source: str, folder: str, texture_px: int, max_faces: int | None) -> None:
+    # Imported before the clock starts, as they are in a run's process.
+    import pxr.Usd  # noqa: F401
+
+    import tasks.deliverables.printable
+    import tasks.deliverables.usdz
+    import tasks.deliverables.web  # noqa: F401
     from tasks.deliverables import DeliverableSettings, build
+    from tasks.meshinfo import inspect_glb_structure
 
     settings = DeliverableSettings((fmt,), texture_px, max_faces)
     started = time.perf_counter()
     path = build(fmt, source, folder, settings)
-    print(json.dumps({"seconds": time.perf_counter() - started, "bytes": os.path.getsize(path)}))
+    seconds = time.perf_counter() - started
+    faces = inspect_glb_structure(source).faces
+    print(json.dumps({"seconds": seconds, "bytes": os.path.getsize(path), "faces": faces}))
 
 
 def measure(fmt: str, source: Path, texture_px: int, max_faces: int | None) -> dict[str, float]:
@@ -56,6 +66,14 @@ def measure(fmt: str, source: Path, texture_px: int, max_faces: int | None) -> d
             raise SystemExit(f"{fmt} of {source.name} failed: {err.strip()[-500:]}")
         result = json.loads(out.strip().splitlines()[-1])
     return {**result, "wall": wall, "peak_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+def make_meshes(folder: Path, quick: bool) -> list[tuple[str, Path]]:
+    """The meshes, made in a child process: this one stays small, so that the conversions' peak RSS
+    (which Linux carries over fork and exec) is theirs alone."""
+    command = [sys.executable, __file__, "--make-meshes", str(folder)] + (["--quick"] if quick else [])
+    listed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [(label, Path(path)) for label, path in json.loads(listed)]
 
 
 def meshes(folder: Path, quick: bool) -> list[tuple[str, Path]]:
@@ -93,36 +111,42 @@ def main() -> int:
     parser.add_argument("--web-texture-px", type=int, default=1024)
     parser.add_argument("--max-faces", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="one sample image per size")
+    parser.add_argument("--make-meshes", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument(
         "--worker", nargs=5, metavar=("FMT", "SRC", "DIR", "PX", "MAX_FACES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    if args.make_meshes:
+        made = meshes(Path(args.make_meshes), args.quick)
+        print(json.dumps([[label, str(path)] for label, path in made]))
+        return 0
     if args.worker:
         fmt, source, folder, px, budget = args.worker
         worker(fmt, source, folder, int(px), None if budget == "-" else int(budget))
         return 0
 
     from tasks.deliverables import DeliverableSettings, check_available, parse_formats
-    from tasks.meshinfo import inspect_glb_structure
 
     formats = parse_formats(args.formats)
     check_available(DeliverableSettings(formats, args.web_texture_px, args.max_faces))
     print(f"cores: {os.cpu_count()}; web_texture_px {args.web_texture_px}; max_faces {args.max_faces}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    print("| mesh | faces | mesh.glb | format | seconds | peak MB | size | size / mesh.glb |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mesh | faces | mesh.glb | format | seconds | CPU s | peak MB | size | size / mesh.glb |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="hy3d-bench-meshes-") as folder:
-        for label, path in meshes(Path(folder), args.quick):
-            faces = inspect_glb_structure(str(path)).faces
+        for label, path in make_meshes(Path(folder), args.quick):
             size = path.stat().st_size
             for fmt in formats:
                 result = measure(fmt, path, args.web_texture_px, args.max_faces)
                 print(
-                    f"| {label} | {faces:,} | {size / 1e6:.2f} MB | {fmt} | {result['seconds']:.2f} | "
-                    f"{result['peak_mb']:.0f} | {result['bytes'] / 1e6:.2f} MB | "
+                    f"| {label} | {result['faces']:,} | {size / 1e6:.2f} MB | {fmt} | "
+                    f"{result['seconds']:.2f} | {result['cpu']:.2f} | {result['peak_mb']:.0f} | "
+                    f"{result['bytes'] / 1e6:.2f} MB | "
                     f"{result['bytes'] / size:.3f} |",
                     flush=True,
                 )
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
