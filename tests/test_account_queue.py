@@ -261,7 +261,7 @@ def test_a_refuted_model_forgets_everything_and_lets_queued_predictions_scout() 
     for name in ("p1", "p2", "p3"):
         queue.observe_probe(name, "processing")
     assert queue.confirmed is False
-    assert queue.waiting_entries == 0
+    assert not queue._unfinished
     assert not queue.is_queued("p999")
     queue.accepted("late", 2000.0)
-    assert queue.waiting_entries == 0
+    assert not queue._unfinished
