@@ -15,7 +15,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.filesystems import WritableFileSystem
 from prefect.results import ResultStore
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 from pydantic import Field
 
 from flows.artifacts import ProgressArtifact, publish_run_artifacts
@@ -24,6 +24,7 @@ from flows.durations import read_durations, seed_estimator, write_durations
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
 from flows.gctuning import fewer_gc_passes
+from flows.interrupt import stop_on_signals
 from flows.manifest import ManifestError, RowProblem, load_manifest
 from flows.parameters import (
     DEFAULT_FORMATS,
@@ -46,6 +47,7 @@ from flows.records import (
     ItemOutcome,
     ItemStatus,
     RunFailedError,
+    RunInterruptedError,
     RunSummary,
     first_row_problems,
     utc_now,
@@ -73,7 +75,7 @@ from tasks.models import ModelSpec, UnknownModelError, check_model
 from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL, InvalidSettingsError, MissingAPIKeyError
 from tasks.storage import OutputNotWritableError as OutputNotWritableError  # re-exported
-from tasks.storage import writable_storage
+from tasks.storage import Storage, writable_storage
 from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
@@ -145,6 +147,23 @@ def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
 def _summary_name(started_at: str, run_id: str | None) -> str:
     stamp = started_at.replace(":", "").replace("-", "").replace(".", "")
     return f"{stamp}-{run_id or 'local'}.json"
+
+
+def _not_finished(entry: PreparedItem, reason: str) -> ItemOutcome:
+    item = entry.item
+    return ItemOutcome(
+        id=item.id,
+        row=item.row,
+        status=ItemStatus.skipped,
+        source=item.image,
+        error=f"not finished: {reason}",
+    )
+
+
+async def _write_summary(storage: Storage, summary: RunSummary) -> None:
+    """``DEST/runs/<started>-<flow run>.json``, at ``summary.summary_url``."""
+    name = _summary_name(summary.started_at, summary.flow_run_id)
+    await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
 
 
 @flow(name="hunyuan3d-meshes", log_prints=True, persist_result=False)
@@ -343,7 +362,11 @@ async def generate_meshes(
         logger.warning(warning)
     run_id = flow_run.get_id()
     # With queue headroom the client times each queued prediction's polls from its expected start.
-    async with WaveSpeedClient(settings, account_slots=concurrency if headroom else None) as client:
+    # From here a first Ctrl-C or SIGTERM stops the run cleanly (RunContext.stop), a second exits.
+    async with (
+        WaveSpeedClient(settings, account_slots=concurrency if headroom else None) as client,
+        stop_on_signals() as interruption,
+    ):
         try:
             # A wrong key costs one request, not one per item; a wrong API root a few seconds.
             await client.check_access()
@@ -421,6 +444,7 @@ async def generate_meshes(
         )
         if deliverables.formats:
             ctx.deliverer = Deliverer(deliverables, storage, sidecars=ctx.previews)
+        interruption.on_stop(partial(ctx.stop, interrupt=True))
         # What a killed run left behind: its half-written downloads and its claims.
         swept = await asyncio.to_thread(storage.sweep_staging) + await asyncio.to_thread(ctx.claims.sweep)
         if swept:
@@ -430,36 +454,51 @@ async def generate_meshes(
         saved_durations = await storage.small_io(read_durations, storage, settings.base_url, logger)
         seed_estimator(client.durations, saved_durations, logger)
 
-        async def tracked(entry: PreparedItem) -> ItemOutcome:
-            outcome = await process_item(ctx, entry)
+        finished: dict[int, ItemOutcome] = {}
+
+        async def tracked(index: int, entry: PreparedItem) -> ItemOutcome:
+            outcome = finished[index] = await process_item(ctx, entry)
             await progress.advance()
             return outcome
 
+        def summarize(items: list[ItemOutcome], stop_reason: str | None) -> RunSummary:
+            summary = RunSummary.build(
+                manifest=manifest,
+                output=output,
+                model=model,
+                flow_run_id=run_id,
+                started_at=started_at,
+                items=items,
+                problems=problems,
+                stop_reason=stop_reason,
+                cost_usd=ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None,
+                refund_usd=ctx.refund_usd,
+            )
+            summary.summary_url = storage.url(RUNS_FOLDER, _summary_name(started_at, run_id))
+            return summary
+
         try:
             with fewer_gc_passes():
-                outcomes += await asyncio.gather(*(tracked(entry) for entry in runnable))
+                outcomes += await asyncio.gather(*(tracked(i, entry) for i, entry in enumerate(runnable)))
+        except BaseException as exc:
+            # Cancelled under us (a cancel that is not a signal this run handles): the summary still
+            # says what landed and what was not finished, then the cancellation goes on.
+            reason = ctx.stop_reason or f"interrupted ({type(exc).__name__})"
+            ended = [finished.get(i) or _not_finished(entry, reason) for i, entry in enumerate(runnable)]
+            try:
+                await _write_summary(storage, summarize(outcomes + ended, reason))
+            except Exception as write_error:
+                logger.error("could not write the run summary: %s", write_error)
+            raise
         finally:
             await asyncio.to_thread(ctx.claims.release_all)
             await storage.small_io(write_durations, storage, client.durations, settings.base_url, logger)
 
-    summary = RunSummary.build(
-        manifest=manifest,
-        output=output,
-        model=model,
-        flow_run_id=run_id,
-        started_at=started_at,
-        items=outcomes,
-        problems=problems,
-        stop_reason=ctx.stop_reason,
-        cost_usd=ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None,
-        refund_usd=ctx.refund_usd,
-    )
-    name = _summary_name(started_at, run_id)
-    summary.summary_url = storage.url(RUNS_FOLDER, name)
+    summary = summarize(outcomes, ctx.stop_reason)
     # Missing thumbnails are filled in only when this run renders them at all (large runs skip that
     # CPU: a later small run, or previews="on", fills them in).
     summary.gallery_url = await publish_gallery(storage, summary, max_backfill=200 if ctx.previews else 0)
-    await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
+    await _write_summary(storage, summary)
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
     if summary.cost_line():
         logger.info("%s", summary.cost_line())
@@ -468,6 +507,9 @@ async def generate_meshes(
     for advice in summary.advice:
         logger.warning(advice)
     await publish_run_artifacts(summary)
+    if interruption.signum is not None:
+        interrupted = RunInterruptedError(summary, interruption.signum)
+        return Cancelled(message=str(interrupted), data=interrupted)
     if summary.failed or summary.stop_reason:
         error = RunFailedError(summary)
         return Failed(message=str(error), data=error)

@@ -43,7 +43,7 @@ from tasks.errors import (
 from tasks.fetch import FetchedFile, FetchedMesh, fetch, fetch_outputs
 from tasks.images import ImageInfo
 from tasks.ledger import RETENTION, PredictionLedger
-from tasks.limits import BudgetExceededError, SubmitThrottle, in_flight_slot
+from tasks.limits import BudgetExceededError, SubmitsStoppedError, SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage, small_io
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
@@ -62,6 +62,17 @@ class PredictionResult:
 
 class ClaimedElsewhereError(Exception):
     """Another live run holds this content: it will land it, this run leaves it alone."""
+
+
+class WaitAbandonedError(Exception):
+    """The run was interrupted while this prediction was being waited for. It is paid for and its
+    id is in the ledger: a re-run resumes polling it, it does not submit again."""
+
+    def __init__(self, prediction_id: str, reason: str) -> None:
+        super().__init__(
+            f"{reason} while waiting for prediction {prediction_id} (paid for: a re-run resumes it)"
+        )
+        self.prediction_id = prediction_id
 
 
 @dataclass
@@ -88,6 +99,7 @@ class RunContext:
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
+    interrupted: bool = False  # Ctrl-C or SIGTERM: waits are given up too
     refund_usd: float = 0.0  # what failed predictions paid for in this run will have refunded
     # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
     # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
@@ -99,6 +111,7 @@ class RunContext:
     _slots: asyncio.Semaphore = field(init=False)
     _items: asyncio.Semaphore = field(init=False)
     _predictions: dict[str, asyncio.Task[PredictionResult]] = field(default_factory=dict)
+    _waits: set[asyncio.Task[Prediction]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency + self.queue_headroom)
@@ -114,10 +127,20 @@ class RunContext:
         if not reused and prediction.is_terminal and not prediction.succeeded:
             self.refund_usd += self.prices.get(prepared.request.content_key) or 0.0
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, *, interrupt: bool = False) -> None:
+        """Stop the run: the one place that decides what that does. No submit is sent from now on
+        (items not submitted yet end ``skipped``); a submit already sent is answered and its
+        prediction id recorded in the ledger. With ``interrupt`` (Ctrl-C, SIGTERM) the waits are
+        given up as well: their ids are in the ledger, so a re-run resumes them without paying."""
         if self.stop_reason is None:
             self.stop_reason = reason
             self.logger.error("Stopping the run: %s", reason)
+        if self.throttle is not None:
+            self.throttle.close(reason)
+        if interrupt and not self.interrupted:
+            self.interrupted = True
+            for waiting in list(self._waits):
+                waiting.cancel()
 
 
 async def _submit(
@@ -126,7 +149,7 @@ async def _submit(
     """Run the submit task; ``fresh`` bypasses Prefect's cache (its record points at a dead prediction).
     Returns the submission and whether it was served from the cache."""
     if ctx.stop_reason is not None:
-        raise _Stopped(ctx.stop_reason)
+        raise SubmitsStoppedError(ctx.stop_reason)
     if ctx.task_runs:
         task = ctx.submit_task.with_options(refresh_cache=True) if fresh else ctx.submit_task
         state = await task(
@@ -187,10 +210,27 @@ async def _result_io(store: ResultStore, call: Callable[..., T], *args: Any) -> 
     return await small_io(isinstance(store.result_storage, LocalFileSystem), call, *args)
 
 
-async def _wait(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
+async def _poll(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
     if ctx.task_runs:
         return await wait(ctx.client, submitted.prediction_id, ctx.wait_timeout_s, submitted.model)
     return await ctx.client.wait(submitted.prediction_id, timeout_s=ctx.wait_timeout_s, model=submitted.model)
+
+
+async def _wait(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
+    """Poll until terminal, unless the run is interrupted: then WaitAbandonedError (RunContext.stop)."""
+    if ctx.interrupted:
+        raise WaitAbandonedError(submitted.prediction_id, ctx.stop_reason or "interrupted")
+    waiting = asyncio.ensure_future(_poll(ctx, submitted))
+    ctx._waits.add(waiting)
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if ctx.interrupted and waiting.cancelled() and not (current and current.cancelling()):
+            raise WaitAbandonedError(submitted.prediction_id, ctx.stop_reason or "interrupted") from None
+        raise
+    finally:
+        ctx._waits.discard(waiting)
 
 
 async def _from_ledger(
@@ -280,10 +320,6 @@ async def _claimed_submit_and_wait(ctx: RunContext, prepared: PreparedItem) -> P
         prediction = await _wait(ctx, submitted)
     ctx.note_refund(prepared, prediction, reused)
     return PredictionResult(submitted, prediction, reused, tuple(warnings))
-
-
-class _Stopped(Exception):
-    """The run was stopped (rejected key) before this item's submit."""
 
 
 async def _shared_prediction(ctx: RunContext, prepared: PreparedItem) -> PredictionResult:
@@ -384,9 +420,11 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
         except ClaimedElsewhereError as exc:
             outcome.status, outcome.error = ItemStatus.claimed_elsewhere, str(exc)
             return outcome  # the other run owns this item's files
-        except _Stopped as exc:
+        except SubmitsStoppedError as exc:
             outcome.error = f"not attempted: {exc}"
             return outcome
+        except WaitAbandonedError as exc:
+            outcome.error, outcome.prediction_id = str(exc), exc.prediction_id
         except BudgetExceededError as exc:
             outcome.error = f"not submitted, over budget: {exc}"
             return outcome

@@ -62,6 +62,11 @@ ADVICE: dict[ItemStatus, str] = {
         "same output retries them; predictions already paid for are resumed, not resubmitted."
     ),
     ItemStatus.invalid: "{n} manifest row(s) were rejected before anything was paid: fix them and re-run.",
+    ItemStatus.skipped: (
+        "{n} item(s) were not finished because the run stopped early (see stop_reason): re-run the same "
+        "manifest into the same output to finish them; predictions already paid for are resumed, not "
+        "paid again."
+    ),
     ItemStatus.claimed_elsewhere: (
         "{n} item(s) were being processed by another run writing to the same output; that run lands them."
     ),
@@ -231,3 +236,18 @@ class RunFailedError(Exception):
     def __init__(self, summary: RunSummary) -> None:
         super().__init__(summary.stop_reason or summary.headline())
         self.summary = summary
+
+
+RESUME_HINT = "re-run the same command (same manifest and output) to finish: nothing paid for is paid again"
+
+
+class RunInterruptedError(RunFailedError):
+    """The run was stopped by a signal (Ctrl-C: SIGINT, SIGTERM); carries the summary and the signal."""
+
+    def __init__(self, summary: RunSummary, signum: int) -> None:
+        super().__init__(summary)
+        self.signum = signum
+        self.args = (f"{summary.stop_reason or 'interrupted'}: {summary.headline()}; {RESUME_HINT}",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.summary, self.signum))

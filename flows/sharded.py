@@ -22,6 +22,7 @@ skip what landed and resume what was paid for; it first removes claims held by r
 # No `from __future__ import annotations`: deployments resolve the flow's annotations at load time.
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -39,11 +40,12 @@ from prefect.client.schemas.objects import FlowRun, StateType, WorkerStatus
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as current_run
-from prefect.states import Completed, Crashed, Failed
+from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 from pydantic import BaseModel, Field, ValidationError
 
 from flows.artifacts import publish_run_artifacts
 from flows.hunyuan3d import ConfigurationError, OutputNotWritableError
+from flows.interrupt import stop_on_signals
 from flows.manifest import Manifest, ManifestError, load_manifest
 from flows.parameters import (
     DEFAULT_FORMATS,
@@ -59,7 +61,15 @@ from flows.parameters import (
     WaitTimeoutParam,
     WebTexturePxParam,
 )
-from flows.records import RUNS_FOLDER, ItemOutcome, ItemStatus, RunFailedError, RunSummary, utc_now
+from flows.records import (
+    RUNS_FOLDER,
+    ItemOutcome,
+    ItemStatus,
+    RunFailedError,
+    RunInterruptedError,
+    RunSummary,
+    utc_now,
+)
 from tasks.deliverables import (
     DEFAULT_WEB_TEXTURE_PX,
     DeliverableSettings,
@@ -321,6 +331,44 @@ class _Shard:
         self.run_name = run_name
         self.workers = _WorkerWatch()
         self.logger = get_run_logger()
+        self.stop_reason: str | None = None
+        self._cancelled = False
+        self._wake = asyncio.Event()
+
+    def stop(self, reason: str) -> None:
+        """Ctrl-C or SIGTERM: no more chunks are scheduled, those not finished are cancelled (a
+        running one stops as an interrupted run does: what it paid for is kept, its summary written)
+        and the parent waits for them to end."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.logger.error(
+                "Stopping the run: %s; cancelling the chunks not finished and waiting for them to stop "
+                "(a second signal exits at once)",
+                reason,
+            )
+            self._wake.set()
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+        self._wake.clear()
+
+    async def _cancel(self, watched: dict[UUID, "_Watched"]) -> None:
+        self._cancelled = True
+        for entry in watched.values():
+            state = entry.run.state
+            if state is not None and state.is_final():
+                continue
+            # Not started yet: cancelled outright. Started: Cancelling, and its worker stops it.
+            new: State[Any] = (
+                Cancelled(message=self.stop_reason)
+                if state is None or state.type is StateType.SCHEDULED
+                else Cancelling(message=self.stop_reason)
+            )
+            try:
+                await self.client.set_flow_run_state(entry.run.id, new, force=True)
+            except Exception as exc:
+                self.logger.warning("could not cancel flow run %s: %s", entry.run.id, exc)
 
     def _result(self, chunk: Chunk, run: FlowRun | None, state: str, message: str | None) -> ChunkResult:
         return ChunkResult(
@@ -341,6 +389,10 @@ class _Shard:
         watched: dict[UUID, _Watched] = {}
         width = len(str(total))
         for chunk in chunks:
+            if self.stop_reason is not None:
+                message = f"not scheduled: {self.stop_reason}"
+                outcomes.append(_Outcome(chunk, self._result(chunk, None, "Cancelled", message)))
+                continue
             try:
                 run = await arun_deployment(
                     self.deployment,
@@ -359,7 +411,9 @@ class _Shard:
             watched[run.id] = _Watched(chunk, run)
             self.logger.info("%s -> flow run %s (%s)", chunk.label, run.name, run.id)
         while watched:
-            await asyncio.sleep(self.poll_interval_s)
+            await self._pause()
+            if self.stop_reason is not None and not self._cancelled:
+                await self._cancel(watched)
             outcomes += await self._poll(watched)
         return outcomes
 
@@ -453,7 +507,8 @@ def _aggregate(
             items[row] = ItemOutcome(
                 id=item_id,
                 row=row,
-                status=ItemStatus.error,
+                # Cancelled before it reported anything (the parent was interrupted): not started.
+                status=ItemStatus.skipped if result.state == "Cancelled" else ItemStatus.error,
                 source=source,
                 error=f"{result.describe()}; re-run to finish it (what was paid for is resumed)",
             )
@@ -721,7 +776,7 @@ async def generate_meshes_sharded(
         chunk_size,
         deployment,
     )
-    async with get_client() as client:
+    async with get_client() as client, stop_on_signals() as interruption:
         released = await release_claims_of_finished_runs(storage, client)
         if released:
             logger.info("removed %d claim(s) held by flow runs that are over", released)
@@ -734,6 +789,7 @@ async def generate_meshes_sharded(
             chunk_timeout_s=chunk_timeout_s,
             run_name=run_name,
         )
+        interruption.on_stop(shard.stop)
         outcomes = await shard.run(chunks, len(chunks))
         # Two chunks holding the same image under different ids: one paid, the other saw the claim.
         # Now that every chunk is over, those rows are run once more; they resume, paying nothing.
@@ -744,7 +800,7 @@ async def generate_meshes_sharded(
             for item in outcome.summary.items
             if item.status is ItemStatus.claimed_elsewhere
         )
-        if claimed:
+        if claimed and shard.stop_reason is None:
             again = Chunk(index=len(chunks) + 1, rows=tuple(claimed), note="rows claimed by another chunk")
             logger.info("%d row(s) were claimed by another chunk; running them again", len(claimed))
             outcomes += await shard.run([again], len(chunks) + 1)
@@ -758,7 +814,7 @@ async def generate_meshes_sharded(
         started_at=started_at,
         items=items,
         problems=problems + [str(warning) for warning in loaded.warnings if str(warning) not in problems],
-        stop_reason=stop_reason,
+        stop_reason=shard.stop_reason or stop_reason,
         cost_usd=cost,
         refund_usd=refund,
     )
@@ -780,6 +836,9 @@ async def generate_meshes_sharded(
         )
     except Exception as exc:
         logger.warning("could not create the chunks artifact: %s", exc)
+    if interruption.signum is not None:
+        interrupted = RunInterruptedError(summary, interruption.signum)
+        return Cancelled(message=str(interrupted), data=interrupted)
     if summary.failed or summary.stop_reason or summary.failed_chunks:
         error = ChunksFailedError(summary)
         return Failed(message=str(error), data=error)

@@ -2,7 +2,9 @@
 
 Exit codes for ``run``: 0 every item landed, 1 some item did not, 2 usage or configuration
 error (missing or rejected API key, an API root that cannot be reached, unreadable manifest,
-unwritable output) — always a one-line message, never a traceback.
+unwritable output) — always a one-line message, never a traceback; 130 / 143 stopped by
+Ctrl-C (SIGINT) / SIGTERM (flows/interrupt.py: no new submits, what is paid for kept in the
+ledger, the run summary written; a re-run resumes).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from hy3d.options import (
     add_model_option,
     add_resubmit_options,
 )
-from hy3d.prefect_env import apply_defaults
+from hy3d.prefect_env import apply_defaults, start_temporary_server
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+# Printed when a signal ends a run before it could write its summary (before or after its items).
+INTERRUPTED = "hy3d: interrupted by {}; re-run the same command to resume: nothing paid for is paid again"
 
 
 class UsageError(Exception):
@@ -127,11 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_summary(summary: Any) -> None:
-    from flows.records import not_landed_lines
+def _print_summary(summary: Any, *, list_skipped: bool = True) -> None:
+    from flows.records import ItemStatus, not_landed_lines
 
     print(summary.headline())
-    for line in not_landed_lines(summary.items):
+    items = [item for item in summary.items if list_skipped or item.status is not ItemStatus.skipped]
+    for line in not_landed_lines(items):
         print(f"  {line}")
     for item in summary.items:
         for fmt in item.failed_deliverables():
@@ -218,9 +224,16 @@ def run_flow(
     _check_api(settings)
 
     # Prefect only now: importing it takes seconds, starting a temporary server more.
-    from flows.hunyuan3d import generate_meshes
-    from flows.records import RunFailedError, RunSummary
+    from prefect.exceptions import TerminationSignal
 
+    from flows.hunyuan3d import generate_meshes
+    from flows.interrupt import exit_code
+    from flows.records import RunFailedError, RunInterruptedError, RunSummary
+
+    try:
+        start_temporary_server()
+    except RuntimeError as exc:  # Prefect's start timeout
+        raise UsageError(f"{exc} (or set PREFECT_API_URL to a running Prefect server)") from exc
     run = cast(
         "Coroutine[Any, Any, State[Any]]",
         generate_meshes(
@@ -243,11 +256,19 @@ def run_flow(
             return_state=True,
         ),
     )
-    state = asyncio.run(run)
+    try:
+        state = asyncio.run(run)
+    except TerminationSignal:  # SIGTERM before or after the flow's items, where Prefect handles it
+        print(INTERRUPTED.format("SIGTERM"), file=sys.stderr)
+        return EXIT_SIGTERM
     result = asyncio.run(state.aresult(raise_on_failure=False)) if state.data is not None else None
     if isinstance(result, RunSummary):
         _print_summary(result)
         return EXIT_OK
+    if isinstance(result, RunInterruptedError):
+        _print_summary(result.summary, list_skipped=False)
+        print(f"hy3d: {result}", file=sys.stderr)
+        return exit_code(result.signum)
     if isinstance(result, RunFailedError):
         _print_summary(result.summary)
         if result.summary.stop_reason:
@@ -350,8 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hy3d: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("hy3d: interrupted; a re-run resumes where this one stopped", file=sys.stderr)
-        return 130
+        print(INTERRUPTED.format("SIGINT"), file=sys.stderr)
+        return EXIT_SIGINT
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

@@ -5,7 +5,8 @@ The parent runs here (it only schedules, waits and aggregates); each chunk is a 
 So it needs a real Prefect server, the one the workers use: ``PREFECT_API_URL`` must be set.
 
 Exit codes as for ``hy3d run``: 0 every item landed, 1 some item (or chunk) did not, 2 usage or
-configuration error, always as one line.
+configuration error, always as one line; 130 / 143 stopped by Ctrl-C / SIGTERM (the chunks not
+finished are cancelled, each keeping what it paid for; the summary is written; a re-run resumes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from hy3d.cli import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from hy3d.cli import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    INTERRUPTED,
+    UsageError,
+)
 from hy3d.options import (
     add_concurrency_options,
     add_formats_options,
@@ -96,13 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_formats_options(parser)
 
 
-def _print_summary(summary: ShardedRunSummary) -> None:
+def _print_summary(summary: ShardedRunSummary, *, list_skipped: bool = True) -> None:
     print(summary.headline())
     for chunk in summary.chunks:
         print(f"  {chunk.describe()}")
-    from flows.records import not_landed_lines
+    from flows.records import ItemStatus, not_landed_lines
 
-    for line in not_landed_lines(summary.items):
+    items = [item for item in summary.items if list_skipped or item.status is not ItemStatus.skipped]
+    for line in not_landed_lines(items):
         print(f"  {line}")
     if summary.cost_line():
         print(summary.cost_line())
@@ -192,7 +202,10 @@ def _run(manifest: str, output: str, **parameters: Any) -> int:
             "set PREFECT_API_URL to the Prefect server your workers poll: the chunks run on its work pool"
         )
 
-    from flows.records import RunFailedError
+    from prefect.exceptions import TerminationSignal
+
+    from flows.interrupt import exit_code
+    from flows.records import RunFailedError, RunInterruptedError
     from flows.sharded import ChunksFailedError, ShardedRunSummary, generate_meshes_sharded
 
     run = cast(
@@ -201,12 +214,19 @@ def _run(manifest: str, output: str, **parameters: Any) -> int:
     )
     try:
         state = asyncio.run(run)
+    except TerminationSignal:  # SIGTERM before or after the chunks, where Prefect handles it
+        print(INTERRUPTED.format("SIGTERM"), file=sys.stderr)
+        return EXIT_SIGTERM
     except Exception as exc:  # the server unreachable, refused... one line, not a traceback
         raise UsageError(f"the sharded run could not start: {type(exc).__name__}: {exc}") from exc
     result = asyncio.run(state.aresult(raise_on_failure=False)) if state.data is not None else None
     if isinstance(result, ShardedRunSummary):
         _print_summary(result)
         return EXIT_OK
+    if isinstance(result, RunInterruptedError) and isinstance(result.summary, ShardedRunSummary):
+        _print_summary(result.summary, list_skipped=False)
+        print(f"hy3d: {result}", file=sys.stderr)
+        return exit_code(result.signum)
     if isinstance(result, ChunksFailedError):
         _print_summary(result.summary)
         if result.summary.stop_reason:
@@ -255,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_from_args(parser.parse_args(argv))
     except KeyboardInterrupt:
-        print("hy3d: interrupted; chunks already scheduled go on; a re-run resumes", file=sys.stderr)
-        return 130
+        print(INTERRUPTED.format("SIGINT"), file=sys.stderr)
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

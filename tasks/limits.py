@@ -98,9 +98,14 @@ class Budget:
         self.spent -= self.prices.get(content_key) or 0.0
 
 
+class SubmitsStoppedError(Exception):
+    """The run was stopped (rejected key, Ctrl-C, SIGTERM): this item's submit is not sent."""
+
+
 class SubmitThrottle:
     """What the submit task calls right before sending (never on a cache hit): the budget, the
-    local per-minute window, then Prefect's shared rate limit when a name is given."""
+    local per-minute window, then Prefect's shared rate limit when a name is given. Once
+    :meth:`close` is called no submit passes, not even one already waiting for its turn."""
 
     def __init__(
         self, per_minute: int | None, shared_limit: str | None, budget: Budget | None = None
@@ -108,14 +113,45 @@ class SubmitThrottle:
         self.local = SubmitRateLimiter(per_minute) if per_minute else None
         self.shared_limit = shared_limit
         self.budget = budget
+        self.closed_reason: str | None = None
+        self._closed = asyncio.Event()
+
+    def close(self, reason: str) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._closed.set()
+
+    def _check_open(self) -> None:
+        if self.closed_reason is not None:
+            raise SubmitsStoppedError(self.closed_reason)
 
     async def acquire(self, content_key: str) -> None:
+        self._check_open()
         if self.budget is not None:
             self.budget.charge(content_key)
-        if self.local is not None:
-            await self.local.acquire()
-        if self.shared_limit:
-            await rate_limit(self.shared_limit)
+        try:
+            if self.local is not None:
+                await self._unless_closed(self.local.acquire())
+            if self.shared_limit:
+                await self._unless_closed(rate_limit(self.shared_limit))
+            self._check_open()
+        except SubmitsStoppedError:
+            self.refund(content_key)
+            raise
+
+    async def _unless_closed(self, turn: Awaitable[None]) -> None:
+        """Wait for ``turn``, or give it up when the throttle is closed meanwhile."""
+        waiting = asyncio.ensure_future(turn)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({waiting, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if waiting.done() and not waiting.cancelled():
+            waiting.result()
+        self._check_open()
 
     def refund(self, content_key: str) -> None:
         if self.budget is not None:

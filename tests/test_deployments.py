@@ -291,3 +291,50 @@ def test_flow_serve_runs_triggered_runs(
     assert_meshes_landed(dest, [path.stem for path in images])
     assert emulator.stats.submits_accepted == len(images)
     assert run_summaries(dest)[-1]["flow_run_id"] == str(flow_run.id)
+
+
+def test_cancelling_a_run_on_a_worker_stops_it_cleanly(
+    worker: Path, emulator: EmulatorServer, samples: Path, prefect_server: str, tmp_path: Path
+) -> None:
+    """Cancel in the UI: the worker sends SIGTERM to the flow run's process, which stops as on Ctrl-C
+    (no new submits, what was paid for in the ledger, the summary written, claims released) and
+    ends Cancelled."""
+    from prefect.states import Cancelling
+
+    from tests.test_flow import distinct_images, write_csv
+
+    emulator.config.latency_s, emulator.config.jitter_s = 2.0, 0.1
+    count = 8
+    manifest = write_csv(samples, distinct_images(samples, count))
+    dest = tmp_path / "meshes"
+    parameters = {"manifest": str(manifest), "output": str(dest), "concurrency": 2, "queue_headroom": 0}
+
+    async def start(client: PrefectClient) -> FlowRun:
+        flow_run = await arun_deployment(ON_DEMAND, client=client, parameters=parameters, timeout=0)
+        assert isinstance(flow_run, FlowRun)
+        return flow_run
+
+    started = on_server(prefect_server, start)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while emulator.stats.submits_accepted < 2:
+        assert time.monotonic() < deadline, tail(worker)
+        time.sleep(0.1)
+    on_server(prefect_server, lambda client: client.set_flow_run_state(started.id, Cancelling(), force=True))
+    while True:
+        ended = on_server(prefect_server, lambda client: client.read_flow_run(started.id))
+        if ended.state is not None and ended.state.is_final():
+            break
+        assert time.monotonic() < deadline, tail(worker)
+        time.sleep(0.5)
+
+    assert ended.state.is_cancelled(), f"{ended.state.name}: {ended.state.message}\n{tail(worker)}"
+    (summary,) = run_summaries(dest)
+    assert summary["flow_run_id"] == str(started.id)
+    assert "interrupted by SIGTERM" in summary["stop_reason"]
+    assert summary["counts"].get("skipped"), summary["counts"]
+    assert not list((dest / ".hy3d" / "claims").glob("*"))
+    # Every submit sent has its prediction id in the ledger: a re-run (tests/test_signals.py) resumes
+    # them without paying again.
+    ledger = [json.loads(path.read_text()) for path in (dest / ".hy3d" / "predictions").glob("*.json")]
+    assert len(ledger) == emulator.stats.submits_accepted == emulator.stats.submits_received
+    assert all(entry["state"] == "submitted" for entry in ledger), ledger
