@@ -51,7 +51,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from flows.records import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, ItemStatus, RunSummary, utc_now
 from tasks.preview import PREVIEW_MAX_BYTES, PreviewTooLargeError, render_preview
-from tasks.storage import STATE_FOLDER, Storage
+from tasks.storage import STATE_FOLDER, Storage, storage_error_message
 
 logger = logging.getLogger("hy3d.gallery")
 
@@ -754,7 +754,8 @@ async def publish_gallery(
             functools.partial(build_gallery, storage, summary, max_backfill=max_backfill)
         )
     except Exception as exc:
-        logger.warning("could not write the gallery: %s: %s", type(exc).__name__, exc)
+        clear = storage_error_message(exc, storage.root_url)
+        logger.warning("could not write the gallery: %s", clear or f"{type(exc).__name__}: {exc}")
         return None
     try:
         await acreate_markdown_artifact(

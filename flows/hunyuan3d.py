@@ -42,6 +42,7 @@ from flows.parameters import (
 )
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
+from flows.progress import current_progress
 from flows.records import (
     RUNS_FOLDER,
     ItemOutcome,
@@ -75,7 +76,7 @@ from tasks.models import ModelSpec, UnknownModelError, check_model
 from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL, InvalidSettingsError, MissingAPIKeyError
 from tasks.storage import OutputNotWritableError as OutputNotWritableError  # re-exported
-from tasks.storage import Storage, writable_storage
+from tasks.storage import Storage, storage_error_message, writable_storage
 from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
@@ -142,6 +143,11 @@ def _invalid_rows(errors: list[RowProblem]) -> list[ItemOutcome]:
         by_row.setdefault(error.row, []).append(str(error))
         ids[error.row] = error.id or f"row-{error.row}"
     return [_invalid("; ".join(messages), row, ids[row], "") for row, messages in by_row.items()]
+
+
+def _spent(ctx: RunContext) -> float | None:
+    """What the run's new submits have been billed so far."""
+    return ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None
 
 
 def _summary_name(started_at: str, run_id: str | None) -> str:
@@ -451,6 +457,8 @@ async def generate_meshes(
             logger.info("removed %d staging file(s) and claim(s) left by runs that died", swept)
         progress = ProgressArtifact(len(runnable), f"Meshes from {manifest} into {output}")
         await progress.start()
+        listener = current_progress()  # the terminal's bar under `hy3d run`, else nobody
+        listener.start(len(runnable), partial(_spent, ctx))
         saved_durations = await storage.small_io(read_durations, storage, settings.base_url, logger)
         seed_estimator(client.durations, saved_durations, logger)
 
@@ -459,6 +467,7 @@ async def generate_meshes(
         async def tracked(index: int, entry: PreparedItem) -> ItemOutcome:
             outcome = finished[index] = await process_item(ctx, entry)
             await progress.advance()
+            listener.item_finished(outcome)
             return outcome
 
         def summarize(items: list[ItemOutcome], stop_reason: str | None) -> RunSummary:
@@ -471,7 +480,7 @@ async def generate_meshes(
                 items=items,
                 problems=problems,
                 stop_reason=stop_reason,
-                cost_usd=ctx.throttle.budget.spent if ctx.throttle and ctx.throttle.budget else None,
+                cost_usd=_spent(ctx),
                 refund_usd=ctx.refund_usd,
             )
             summary.summary_url = storage.url(RUNS_FOLDER, _summary_name(started_at, run_id))
@@ -488,9 +497,11 @@ async def generate_meshes(
             try:
                 await _write_summary(storage, summarize(outcomes + ended, reason))
             except Exception as write_error:
-                logger.error("could not write the run summary: %s", write_error)
+                words = storage_error_message(write_error, output) or write_error
+                logger.error("could not write the run summary: %s", words)
             raise
         finally:
+            listener.finish()
             await asyncio.to_thread(ctx.claims.release_all)
             await storage.small_io(write_durations, storage, client.durations, settings.base_url, logger)
 
@@ -498,7 +509,11 @@ async def generate_meshes(
     # Missing thumbnails are filled in only when this run renders them at all (large runs skip that
     # CPU: a later small run, or previews="on", fills them in).
     summary.gallery_url = await publish_gallery(storage, summary, max_backfill=200 if ctx.previews else 0)
-    await _write_summary(storage, summary)
+    try:
+        await _write_summary(storage, summary)
+    except OSError as exc:  # a full disk, say: the items' own files and the terminal still tell
+        logger.error("could not write the run summary: %s", storage_error_message(exc, output) or exc)
+        summary.summary_url = None
     logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
     if summary.cost_line():
         logger.info("%s", summary.cost_line())

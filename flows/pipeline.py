@@ -45,7 +45,7 @@ from tasks.images import ImageInfo
 from tasks.ledger import RETENTION, PredictionLedger
 from tasks.limits import BudgetExceededError, SubmitsStoppedError, SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
-from tasks.storage import Storage, small_io
+from tasks.storage import Storage, small_io, storage_error_message
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
 from tasks.wait import wait
 
@@ -437,7 +437,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
             outcome.status, outcome.error = ItemStatus.timeout, str(exc)
             outcome.prediction_id = exc.prediction_id
         except (WaveSpeedError, OSError, ValueError) as exc:
-            outcome.status, outcome.error = ItemStatus.error, f"{type(exc).__name__}: {exc}"
+            outcome.status, outcome.error = ItemStatus.error, _error_text(ctx, exc)
         outcome.seconds = round(time.monotonic() - started, 3)
 
         if ctx.deliverer is not None and outcome.status is ItemStatus.completed:
@@ -450,7 +450,7 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
                 await ctx.storage.small_io(ctx.storage.write_json, document, item.id, METADATA_FILE)
         except OSError as exc:
             outcome.status = ItemStatus.error
-            outcome.error = f"could not write metadata: {type(exc).__name__}: {exc}"
+            outcome.error = f"could not write metadata: {_error_text(ctx, exc)}"
         if ctx.previews and outcome.status is ItemStatus.completed:
             # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
             # never fails the item (it logs instead).
@@ -460,6 +460,12 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
         else:
             ctx.logger.warning("%s: %s (%s)", item.id, outcome.status.value, outcome.error)
         return outcome
+
+
+def _error_text(ctx: RunContext, exc: BaseException) -> str:
+    """An item's error: clear words for what is wrong with the output (full disk, permission
+    denied...), else the exception's type and message."""
+    return storage_error_message(exc, ctx.storage.root_url) or f"{type(exc).__name__}: {exc}"
 
 
 def _image_record(image: ImageInput, info: ImageInfo | None) -> dict[str, Any]:

@@ -67,6 +67,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_resubmit_options(parser)
     add_formats_options(parser)
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Show Prefect's INFO lines for every flow and task run (default: warnings and errors only).",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,23 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(summary: Any, *, list_skipped: bool = True) -> None:
-    from flows.records import ItemStatus, not_landed_lines
+    from hy3d.progress import use_terminal
+    from hy3d.summary import print_summary
 
-    print(summary.headline())
-    items = [item for item in summary.items if list_skipped or item.status is not ItemStatus.skipped]
-    for line in not_landed_lines(items):
-        print(f"  {line}")
-    for item in summary.items:
-        for fmt in item.failed_deliverables():
-            print(f"  {item.id}: {fmt} not made: {(item.deliverables or {})[fmt]['error']}")
-    if summary.cost_line():
-        print(summary.cost_line())
-    for advice in summary.advice:
-        print(f"- {advice}")
-    if summary.summary_url:
-        print(f"summary: {summary.summary_url}")
-    if summary.gallery_url:
-        print(f"gallery: {summary.gallery_url}")
+    print_summary(summary, terminal=use_terminal(), list_skipped=list_skipped)
 
 
 def run_flow(
@@ -170,6 +163,7 @@ def run_flow(
     formats: tuple[str, ...] = ("glb",),
     web_texture_px: int = 1024,
     max_faces: int | None = None,
+    verbose: bool = False,
 ) -> int:
     """Check configuration up front (exit 2, one line), then run the flow and map its outcome.
 
@@ -256,8 +250,11 @@ def run_flow(
             return_state=True,
         ),
     )
+    from hy3d.progress import run_display, use_terminal
+
     try:
-        state = asyncio.run(run)
+        with run_display(verbose=verbose, terminal=use_terminal()):
+            state = asyncio.run(run)
     except TerminationSignal:  # SIGTERM before or after the flow's items, where Prefect handles it
         print(INTERRUPTED.format("SIGTERM"), file=sys.stderr)
         return EXIT_SIGTERM
@@ -352,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 formats=args.formats,
                 web_texture_px=args.web_texture_px,
                 max_faces=args.max_faces,
+                verbose=args.verbose,
             )
         if args.command == "run-sharded":
             from hy3d.sharded import run_from_args

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import mimetypes
@@ -258,7 +259,69 @@ def writable_storage(output: str, options: Mapping[str, Any]) -> Storage:
         storage = Storage(output, options)
         storage.ensure_writable()
     except Exception as exc:  # any backend error: the message names the URL and the cause
+        clear = storage_error_message(exc, output)
         raise OutputNotWritableError(
-            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
+            clear or f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
         ) from exc
     return storage
+
+
+# What a person can do something about, in their words rather than "[Errno 28] No space left on
+# device: '/data/out/.hy3d/staging/host_123_9f..._mesh.glb.partial'".
+_DENIED = (errno.EACCES, errno.EPERM)
+_FULL = {errno.ENOSPC: "no space left on the device holding", errno.EDQUOT: "disk quota exceeded on"}
+
+
+def storage_error_message(exc: BaseException, output: str) -> str | None:
+    """One clear sentence for an error writing to ``output`` (the URL as the user gave it): it, or
+    a folder in its path, is a file; permission denied; a read-only file system; a full disk. None
+    for anything else (the caller keeps the error's own words)."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        # EEXIST (from makedirs): the path itself is a file; ENOTDIR: one of the folders above it.
+        paths = [name for name in (exc.filename2, exc.filename) if isinstance(name, str)]
+        blocker = next(
+            (found for path in paths if (found := _file_in_the_way(path, exc.errno == errno.EEXIST))), None
+        )
+        if blocker is None:
+            return None
+        if _same_path(blocker, output):
+            return f"{output} is a file, not a folder"
+        return f"cannot write to {output}: {blocker} is a file, not a folder"
+    if exc.errno in _DENIED:
+        return f"cannot write to {output}: permission denied"
+    if exc.errno == errno.EROFS:
+        return f"cannot write to {output}: read-only file system"
+    if exc.errno in _FULL:
+        return f"{_FULL[exc.errno]} {_where(exc, output)}"
+    return None
+
+
+def _where(exc: OSError, output: str) -> str:
+    """The output, or the temporary folder when that is what filled up (object stores stage there)."""
+    filename = exc.filename if isinstance(exc.filename, str) else ""
+    temp = tempfile.gettempdir()
+    if filename.startswith(temp.rstrip(os.sep) + os.sep) and "://" in output:
+        return f"the temporary folder {temp} (downloads for {output} are staged there)"
+    return output
+
+
+def _file_in_the_way(path: str, itself: bool) -> str | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself), when that is not a folder."""
+    current = path.removeprefix("file://")
+    if not itself:
+        current = os.path.dirname(current)
+    while current:
+        if os.path.lexists(current):
+            return None if os.path.isdir(current) else current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    return None
+
+
+def _same_path(path: str, output: str) -> bool:
+    local = output.removeprefix("file://").rstrip("/") or "/"
+    return os.path.abspath(path) == os.path.abspath(local)
