@@ -521,7 +521,9 @@ CONFIG_CASES: dict[str, ConfigCase] = {
         _unknown_protocol,
     ),
     "output-under-a-file": ConfigCase(
-        OutputNotWritableError, ("cannot write to the output", "a-file/out"), _output_under_a_file
+        OutputNotWritableError,
+        ("cannot write to ", "a-file/out: ", "a-file is a file, not a folder"),
+        _output_under_a_file,
     ),
     "missing-api-key": ConfigCase(
         MissingAPIKeyError, ("no WaveSpeed API key", "WAVESPEED_API_KEY"), _missing_key

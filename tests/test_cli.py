@@ -99,7 +99,7 @@ def test_demo_lands_the_sample_meshes(tmp_path: Path) -> None:
     again = run_cli(["demo", "--output", str(tmp_path / "demo"), "--latency", "0.3"], {}, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4/4 meshes landed (4 already_done)" in again.stdout
-    assert "cost: $0.0000 billed" in again.stdout
+    assert "$0.0000 billed for new predictions" in again.stdout
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "demo").glob("*/mesh.glb")} == written
 
 
