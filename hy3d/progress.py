@@ -316,11 +316,14 @@ def prefect_console_handlers() -> list[logging.Handler]:
 
 
 class QuietRunLogs(logging.Filter):
-    """Drops flow- and task-run records below WARNING (a console handler's filter, not a logger's:
-    the API handler still sends them to the server)."""
+    """Drops flow- and task-run records below WARNING, and their "Finished in state …" lines at any
+    level: the bar counts the tasks' ends, the summary says how the flow ended (a console handler's
+    filter, not a logger's: the API handler still sends them to the server)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(RUN_LOGGERS)
+        if not record.name.startswith(RUN_LOGGERS):
+            return True
+        return record.levelno >= logging.WARNING and not str(record.msg).startswith("Finished in state")
 
 
 class NoTaskTracebacks(logging.Formatter):

@@ -151,6 +151,9 @@ def test_console_filter_keeps_warnings_and_other_loggers() -> None:
     assert quiet.filter(record("prefect.flow_runs", logging.WARNING))
     assert quiet.filter(record("prefect.task_runs", logging.ERROR))
     assert quiet.filter(record("prefect", logging.INFO))  # "Starting temporary server…"
+    finished = record("prefect.flow_runs", logging.ERROR)
+    finished.msg = "Finished in state Failed('0/4 meshes landed (4 failed)')"
+    assert not quiet.filter(finished)  # the summary says it
 
 
 def test_task_run_tracebacks_are_left_out_of_the_console_only() -> None:
@@ -323,6 +326,7 @@ def test_failures_show_as_warnings_and_in_the_counts(
     assert progress_lines(result.stdout)[-1].startswith("4/4 done, 4 failed, ")
     assert re.search(r"^  failed +4$", result.stdout, re.MULTILINE), result.stdout
     assert "red-ball: failed" in result.stderr  # the flow's WARNING line stays
+    assert "Finished in state" not in result.stderr  # the ERROR one the summary says better goes
     assert "Traceback" not in result.stderr
 
 
