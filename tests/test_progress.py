@@ -207,6 +207,26 @@ def test_summary_as_aligned_text() -> None:
     assert printed[2:] == plain_table(summary())
 
 
+def test_deliverables_not_made_are_listed_and_counted() -> None:
+    made = outcome(ItemStatus.completed, 1).model_copy(
+        update={"deliverables": {"usdz": {"error": "usd-core is not installed"}, "stl": {"path": "mesh.stl"}}}
+    )
+    built = RunSummary.build(
+        manifest="m.csv",
+        output="/o",
+        model="m",
+        flow_run_id=None,
+        started_at="2026-01-01T00:00:00Z",
+        items=[made],
+        problems=[],
+    )
+    out = io.StringIO()
+    print_summary(built, terminal=False, out=out)
+    printed = out.getvalue().splitlines()
+    assert "  item-1: usdz not made: usd-core is not installed" in printed
+    assert "  deliverables  1 not made (meshes kept)" in printed
+
+
 def test_summary_as_a_rich_table() -> None:
     console = Console(record=True, width=100, force_terminal=True)
     console.print(rich_table(summary()))
