@@ -93,12 +93,15 @@ class Tally:
         self.spent = spent
         self.done = 0
         self.failed = 0
+        self.skipped = 0  # not attempted: the run was stopped (Ctrl-C, a rejected key, the budget)
         self.quick = 0  # already done before this run: they say nothing about the pace
         self.started = time.monotonic()
 
     def record(self, outcome: ItemOutcome) -> None:
         self.done += 1
-        if outcome.status.is_failure:
+        if outcome.status.value == "skipped":
+            self.skipped += 1
+        elif outcome.status.is_failure:
             self.failed += 1
         if outcome.status.value == "already_done":
             self.quick += 1
@@ -124,6 +127,8 @@ class Tally:
     def line(self) -> str:
         """``12/400 done, 1 failed, $0.24 spent, ETA 3m``."""
         parts = [f"{self.done}/{self.total} done", f"{self.failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
         spent = self.spent_text()
         if spent:
             parts.append(spent)
@@ -203,7 +208,10 @@ class _TallyColumn(ProgressColumn):
 
 
 def _failed(tally: Tally) -> Text:
-    return Text(f"{tally.failed} failed", style="bold red" if tally.failed else "dim")
+    text = Text(f"{tally.failed} failed", style="bold red" if tally.failed else "dim")
+    if tally.skipped:
+        text.append(f" {tally.skipped} skipped", style="yellow")
+    return text
 
 
 def _spent(tally: Tally) -> Text:
@@ -241,6 +249,9 @@ class RichProgress:
     def open(self) -> None:
         self._task = self.progress.add_task("starting", total=None)
         self.progress.start()
+        # Rich hides the cursor until the bar stops; a second Ctrl-C leaves at once (os._exit,
+        # flows/interrupt.py) and would leave the terminal without one.
+        self.console.show_cursor(True)
         self._route_logs()
 
     def start(self, total: int, spent: Callable[[], float | None]) -> None:

@@ -45,7 +45,9 @@ from hy3d.summary import plain_table, print_summary, rich_table
 from tasks.storage import storage_error_message
 from tests.conftest import cli_command, client_env, run_cli
 
-PROGRESS_LINE = re.compile(r"^(\d+)/(\d+) done, (\d+) failed, \$\d+\.\d\d spent(, ETA (\S+))?$")
+PROGRESS_LINE = re.compile(
+    r"^(\d+)/(\d+) done, (\d+) failed(, \d+ skipped)?, \$\d+\.\d\d spent(, ETA (\S+))?$"
+)
 
 
 def outcome(status: ItemStatus, row: int = 1) -> ItemOutcome:
@@ -78,6 +80,10 @@ def test_tally_counts_failures_and_estimates_from_items_that_worked() -> None:
     assert tally.eta_s(now=tally.started + 60) == pytest.approx(120)
     assert tally.line().startswith("6/10 done, 1 failed, $0.24 spent, ETA ")
     assert Tally(3, lambda: None).line() == "0/3 done, 0 failed, ETA ?"
+    stopped = Tally(3, lambda: None)
+    for row in range(3):  # a stopped run's items were not attempted: not failures
+        stopped.record(outcome(ItemStatus.skipped, row))
+    assert stopped.line() == "3/3 done, 0 failed, 3 skipped"
 
 
 @pytest.mark.parametrize(
