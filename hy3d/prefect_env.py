@@ -85,8 +85,7 @@ def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
         _check_reachable(str(configured))
         yield
         return
-    if ephemeral_requested():
-        say(f"{EPHEMERAL}=1: Prefect's temporary server for this run (10-30 s to start)")
+    if ephemeral_requested():  # asked for: Prefect's own log line says it starts
         updates = {}
         if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
             updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_TIMEOUT_S
