@@ -8,7 +8,6 @@ from typing import Any
 
 from emulator.config import DEFAULT_API_KEY, DEFAULT_PRICE_USD, PROFILES, EmulatorConfig
 from emulator.models import MODELS
-from emulator.server import EmulatorServer
 
 _DEFAULTS = EmulatorConfig()
 
@@ -241,6 +240,8 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
 
 def serve(ns: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the emulator in the foreground until Ctrl-C (or until `stop` is set). Returns 0."""
+    from emulator.server import EmulatorServer  # the app, uvicorn, trimesh: only when serving
+
     config = config_from_args(ns)
     server = EmulatorServer(config, host=getattr(ns, "host", "127.0.0.1"), port=getattr(ns, "port", 0))
     server.start()

@@ -46,11 +46,10 @@ from typing import Any
 from urllib.parse import quote
 
 import fsspec
-from PIL import Image
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.records import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, ItemStatus, RunSummary, utc_now
-from tasks.preview import PREVIEW_MAX_BYTES, PreviewTooLargeError, render_preview
+from tasks.meshinfo import FULL_PARSE_MAX_BYTES
 from tasks.storage import STATE_FOLDER, Storage, storage_error_message
 
 logger = logging.getLogger("hy3d.gallery")
@@ -64,6 +63,8 @@ WEB_SIDECAR_FILE = "mesh.web.js"  # the sidecar of mesh.web.glb (deliverable "we
 SOURCE_FILE = "source.jpg"
 PREVIEW_PX = 256
 SOURCE_PX = 256
+# tasks.preview's limit (its numpy and trimesh are imported by the first preview, not with the flow).
+PREVIEW_MAX_BYTES = FULL_PARSE_MAX_BYTES
 # A bigger mesh gets no base64 sidecar (it would be 4/3 of the mesh again, parsed as one JS string).
 MAX_SIDECAR_BYTES = 48 * 1024 * 1024
 # Items whose preview/sidecar/source.jpg are missing (meshes landed before the gallery existed) are
@@ -170,6 +171,8 @@ def _write_item_assets(storage: Storage, item_id: str, metadata: Any) -> str | N
                 logger.warning(
                     "%s: could not write %s: %s: %s", item_id, SIDECAR_FILE, type(exc).__name__, exc
                 )
+            from tasks.preview import PreviewTooLargeError, render_preview
+
             try:
                 _write_bytes(storage, render_preview(mesh_path, PREVIEW_PX), item_id, PREVIEW_FILE)
                 preview_url = storage.url(item_id, PREVIEW_FILE)
@@ -238,6 +241,8 @@ def write_source(storage: Storage, item_id: str, metadata: Mapping[str, Any]) ->
 
 
 def _jpeg_rendition(data: bytes, size: int) -> bytes:
+    from PIL import Image
+
     with Image.open(io.BytesIO(data)) as opened:
         opened.draft("RGB", (size, size))  # cheap JPEG downscale; a no-op for other formats
         image = opened.convert("RGBA")

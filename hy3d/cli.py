@@ -1,10 +1,15 @@
-"""``hy3d run | demo | emulator``.
+"""``hy3d run | run-sharded | estimate | demo | emulator | server``.
 
 Exit codes for ``run``: 0 every item landed, 1 some item did not, 2 usage or configuration
 error (missing or rejected API key, an API root that cannot be reached, unreadable manifest,
-unwritable output) — always a one-line message, never a traceback; 130 / 143 stopped by
-Ctrl-C (SIGINT) / SIGTERM (flows/interrupt.py: no new submits, what is paid for kept in the
-ledger, the run summary written; a re-run resumes).
+unwritable output, no Prefect server) — always a one-line message, never a traceback; 130 / 143
+stopped by Ctrl-C (SIGINT) / SIGTERM (flows/interrupt.py: no new submits, what is paid for kept in
+the ledger, the run summary written; a re-run resumes). Configuration is checked before Prefect is
+imported or any server started: such an error costs a second or two, not 20.
+
+Without ``PREFECT_API_URL``, ``run`` and ``demo`` use hy3d's long-lived local Prefect server
+(:mod:`hy3d.local_server`; ``hy3d server status|start|stop``), or with ``HY3D_EPHEMERAL=1``
+Prefect's temporary server per run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +33,7 @@ from hy3d.options import (
     add_model_option,
     add_resubmit_options,
 )
-from hy3d.prefect_env import apply_defaults, start_temporary_server
+from hy3d.prefect_env import apply_defaults
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -135,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     from emulator.cli import add_arguments
 
     add_arguments(emulator)
+
+    server = commands.add_parser(
+        "server",
+        help="The local Prefect server that runs use without PREFECT_API_URL: status, start, stop.",
+        description="Without PREFECT_API_URL, `hy3d run` starts a Prefect server in the background on "
+        "first use (UI on http://127.0.0.1:4242, or HY3D_SERVER_PORT) and later runs reuse it; it "
+        "stops after HY3D_SERVER_IDLE_TIMEOUT seconds idle (default 3600; 0: never). HY3D_EPHEMERAL=1 "
+        "makes each run start Prefect's temporary server instead.",
+    )
+    server.add_argument("action", choices=["status", "start", "stop"], help="status (default), start or stop")
     return parser
 
 
@@ -217,17 +233,63 @@ def run_flow(
         raise UsageError(str(exc)) from exc
     _check_api(settings)
 
-    # Prefect only now: importing it takes seconds, starting a temporary server more.
+    # Prefect only now: importing it takes seconds, starting a server more.
+    from hy3d.local_server import ServerError
+    from hy3d.prefect_env import PrefectUnavailableError, prefect_api
+
+    try:
+        with prefect_api(say=_say):
+            return _run_flow(
+                manifest=manifest,
+                output=output,
+                model=model,
+                concurrency=concurrency,
+                queue_headroom=queue_headroom,
+                storage_options=storage_options,
+                inputs=inputs,
+                wait_timeout_s=wait_timeout_s,
+                retry_failed=retry_failed,
+                resubmit_unknown=resubmit_unknown,
+                submits_per_minute=submits_per_minute,
+                max_cost=max_cost,
+                task_runs=task_runs,
+                formats=formats,
+                web_texture_px=web_texture_px,
+                max_faces=max_faces,
+            )
+    except (ServerError, PrefectUnavailableError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _say(line: str) -> None:
+    print(f"hy3d: {line}", file=sys.stderr, flush=True)
+
+
+def _run_flow(
+    *,
+    manifest: str,
+    output: str,
+    model: str,
+    concurrency: int,
+    storage_options: dict[str, Any],
+    queue_headroom: int | None,
+    inputs: dict[str, Any],
+    wait_timeout_s: float | None,
+    retry_failed: bool,
+    resubmit_unknown: bool,
+    submits_per_minute: int | None,
+    max_cost: float | None,
+    task_runs: str,
+    formats: tuple[str, ...],
+    web_texture_px: int,
+    max_faces: int | None,
+) -> int:
     from prefect.exceptions import TerminationSignal
 
     from flows.hunyuan3d import generate_meshes
     from flows.interrupt import exit_code
     from flows.records import RunFailedError, RunInterruptedError, RunSummary
 
-    try:
-        start_temporary_server()
-    except RuntimeError as exc:  # Prefect's start timeout
-        raise UsageError(f"{exc} (or set PREFECT_API_URL to a running Prefect server)") from exc
     run = cast(
         "Coroutine[Any, Any, State[Any]]",
         generate_meshes(
@@ -327,6 +389,33 @@ def run_estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_server_command(action: str) -> int:
+    from hy3d import local_server
+
+    try:
+        if action == "stop":
+            print(
+                "stopped the local Prefect server"
+                if local_server.stop(say=_say)
+                else "no local Prefect server runs"
+            )
+            return EXIT_OK
+        if action == "start":
+            state, started = local_server.ensure(say=_say, register=False)
+            print(("started: " if started else "already running: ") + state.describe())
+            return EXIT_OK
+        running = local_server.status()
+        if running is None:
+            print(f"no local Prefect server runs (its files: {local_server.server_home()})")
+            return EXIT_OK
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(running.started_at))
+        print(f"running since {since}: {running.describe()}")
+        print(f"PREFECT_API_URL={running.api_url}  (to point other Prefect commands at it)")
+        return EXIT_OK
+    except local_server.ServerError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -365,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from emulator.cli import serve
 
             return serve(args)
+        if args.command == "server":
+            return run_server_command(args.action)
     except UsageError as exc:
         print(f"hy3d: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,8 +12,6 @@ import posixpath
 import tempfile
 import zipfile
 
-import trimesh
-
 from tasks.errors import IncompleteDownloadError, MeshConversionError
 from tasks.formats import MESH_KINDS, extension_kind, mesh_rank
 
@@ -49,6 +47,8 @@ def _unpack(archive: str, folder: str) -> str:
 
 def convert_to_glb(source: str, kind: str, target: str) -> None:
     """Write ``source`` (a mesh of ``kind``, see :mod:`tasks.formats`) to ``target`` as a GLB."""
+    import trimesh  # only when a mesh needs converting
+
     with tempfile.TemporaryDirectory(prefix="hy3d-convert-") as folder:
         path = source
         if kind == "zip":

@@ -16,9 +16,6 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-import trimesh
-
 from tasks.errors import IncompleteDownloadError
 
 GLB_MAGIC = b"glTF"
@@ -65,6 +62,9 @@ def inspect_glb(path: str) -> MeshStats:
 
 
 def _parse_with_trimesh(path: str) -> MeshStats:
+    import numpy as np  # imported by the first mesh, not by every command that imports the flow
+    import trimesh
+
     try:
         # process=False: the statistics of the file as delivered (no vertex merging), at a third
         # of the CPU.

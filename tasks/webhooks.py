@@ -21,13 +21,15 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from pydantic import SecretStr
 
 from tasks.prediction import Prediction
 from tasks.wakeups import Waiter, new_waiter, wake
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("hy3d.webhooks")
 
@@ -130,6 +132,8 @@ class WebhookReceiver:
             sock.close()
             raise
         self.port = sock.getsockname()[1]
+        import uvicorn  # webhook mode only
+
         config = uvicorn.Config(self, log_level="warning", access_log=False, lifespan="off")
         server = self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -6,14 +6,21 @@ Everything runs over real loopback sockets: the project's client talks HTTP to t
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# hy3d's long-lived local Prefect server (hy3d/local_server.py) is for people's ad-hoc runs: a hy3d
+# run in the suite without PREFECT_API_URL gets Prefect's temporary server as before, and never
+# touches a real home. Only tests/test_local_server.py starts one, in its own folders, and stops it.
+os.environ["HY3D_EPHEMERAL"] = "1"
+os.environ["HY3D_SERVER_HOME"] = tempfile.mkdtemp(prefix="hy3d-server-home-of-tests-")
 
 import asyncio
 import contextlib
 import functools
 import http.server
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +49,16 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         prefect_test_harness(server_startup_timeout=60),
     ):
         yield storage
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_server_left() -> Iterator[None]:
+    """The suite's HY3D_SERVER_HOME is never used for a server (tests that start one have their own)."""
+    home = Path(os.environ["HY3D_SERVER_HOME"])
+    yield
+    leftover = sorted(path.name for path in home.iterdir()) if home.exists() else []
+    shutil.rmtree(home, ignore_errors=True)
+    assert leftover == [], f"a test used the suite's HY3D_SERVER_HOME: {leftover}"
 
 
 @pytest.fixture(autouse=True)

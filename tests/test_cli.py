@@ -15,7 +15,9 @@ from tests.conftest import client_env, closed_port, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["run-sharded"], ["estimate"], ["demo"], ["emulator"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["run-sharded"], ["estimate"], ["demo"], ["emulator"], ["server"]]
+)
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main([*command, "--help"])
