@@ -256,6 +256,7 @@ def run_flow(
                 formats=formats,
                 web_texture_px=web_texture_px,
                 max_faces=max_faces,
+                verbose=verbose,
             )
     except (ServerError, PrefectUnavailableError) as exc:
         raise UsageError(str(exc)) from exc
@@ -283,6 +284,7 @@ def _run_flow(
     formats: tuple[str, ...],
     web_texture_px: int,
     max_faces: int | None,
+    verbose: bool,
 ) -> int:
     from prefect.exceptions import TerminationSignal
 
