@@ -281,7 +281,7 @@ CONFIG_ERRORS = {
     "no-key": ({"WAVESPEED_API_KEY": ""}, "WAVESPEED_API_KEY"),
     "rejected-key": ({"WAVESPEED_API_KEY": "wsk-wrong"}, "rejected the API key"),
     "unreachable-api": ({"WAVESPEED_BASE_URL": "closed"}, "cannot reach the WaveSpeed API"),
-    "output-is-a-file": ({"output": "file"}, "cannot write to the output"),
+    "output-is-a-file": ({"output": "file"}, "is a file, not a folder"),
     "bad-manifest": ({"manifest": "bad"}, "image"),
     "unreachable-prefect-api": ({"PREFECT_API_URL": "closed"}, "cannot reach the Prefect API"),
 }
