@@ -251,10 +251,11 @@ def test_truncated_downloads_and_poll_faults_are_retried(
     emulator: EmulatorServer, four: Path, output: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = emulator.config
-    config.download_truncate_rate, config.poll_429_rate, config.poll_5xx_rate = 0.4, 0.2, 0.2
-    # Harsh rates: give each request enough attempts that the run cannot lose by bad luck
-    # (0.4 ** 12 per request), so the test checks the retrying, not the dice.
-    monkeypatch.setenv("WAVESPEED_REQUEST_ATTEMPTS", "12")
+    config.download_truncate_rate, config.poll_429_rate, config.poll_5xx_rate = 0.7, 0.2, 0.2
+    # Harsh rates, so that some download is truncated (all four whole: 0.3 ** 4, under 1 %), and
+    # enough attempts that the run cannot lose by bad luck (0.7 ** 30 per request; retry waits are
+    # skipped in tests), so the test checks the retrying, not the dice.
+    monkeypatch.setenv("WAVESPEED_REQUEST_ATTEMPTS", "30")
 
     state, _summary = run_flow(manifest=str(four), output=str(output))
 
