@@ -79,7 +79,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -727,8 +727,15 @@ def _profile_summary(session: Any, text_path: Path, html_path: Path) -> dict[str
     }
 
 
-def flow_wrapper(argv: list[str]) -> int:
-    """``compare.py _flow --report PATH [--profile PREFIX] -- run MANIFEST ...``"""
+def flow_wrapper(argv: list[str]) -> NoReturn:
+    """``compare.py _flow --report PATH [--profile PREFIX] -- run MANIFEST ...``: the ``hy3d`` script
+    (its quick exit included), counting what Prefect creates."""
+    from hy3d.cli import run_then_exit_quickly
+
+    run_then_exit_quickly(lambda: _flow(argv))
+
+
+def _flow(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="compare.py _flow")
     parser.add_argument("--report", required=True)
     parser.add_argument("--profile", default=None)

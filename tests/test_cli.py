@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +26,27 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
         main([*command, "--help"])
     assert exited.value.code == 0
     assert "usage: hy3d" in capsys.readouterr().out
+
+
+def test_the_script_exits_quickly_with_its_code_and_all_its_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ``hy3d`` script skips the interpreter's teardown (hy3d.cli.run_then_exit_quickly): exit
+    codes and piped output are kept."""
+    script = str(Path(sys.executable).parent / "hy3d")
+    env = {**os.environ, "HY3D_SERVER_HOME": str(tmp_path / "none")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    helped = run("run", "--help")
+    assert helped.returncode == 0
+    assert helped.stdout == capsys.readouterr().out  # every byte, though the pipe was block-buffered
+    assert run("run").returncode == 2  # argparse's usage error
+    status = run("server", "status")
+    assert status.returncode == 0 and "no local Prefect server runs" in status.stdout, status
 
 
 def test_missing_key_is_a_configuration_error(
