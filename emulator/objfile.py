@@ -13,6 +13,8 @@ import numpy.typing as npt
 import trimesh
 from PIL import Image
 
+from emulator.meshgen import vertex_normals
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -32,18 +34,6 @@ def _textured(mesh: trimesh.Trimesh) -> tuple[FloatArray, Image.Image]:
     if not isinstance(image, Image.Image):
         raise ValueError("the mesh has no texture image")
     return np.asarray(visual.uv, dtype=np.float64), image.convert("RGB")
-
-
-def _vertex_normals(vertices: FloatArray, faces: IntArray) -> FloatArray:
-    """Area-weighted vertex normals (numpy only; a vertex without faces points along +z)."""
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    unit: FloatArray = np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
-    return unit
 
 
 def _rows(prefix: str, values: FloatArray) -> list[str]:
@@ -66,7 +56,7 @@ def _format_obj(mesh: trimesh.Trimesh, uv: FloatArray, with_material: bool) -> s
         lines.append(f"mtllib {MTL_NAME}")
     lines += _rows("v ", vertices)
     lines += _rows("vt ", uv)
-    lines += _rows("vn ", _vertex_normals(vertices, faces))
+    lines += _rows("vn ", vertex_normals(vertices, faces))
     if with_material:
         lines.append(f"usemtl {MATERIAL_NAME}")
     lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in (faces + 1).tolist()]
