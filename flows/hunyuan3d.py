@@ -25,7 +25,7 @@ from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
 from flows.gctuning import fewer_gc_passes
 from flows.interrupt import stop_on_signals
-from flows.manifest import ManifestError, RowProblem, load_manifest
+from flows.manifest import RowProblem, load_manifest
 from flows.parameters import (
     DEFAULT_FORMATS,
     ConcurrencyParam,
@@ -55,27 +55,36 @@ from flows.records import (
 )
 from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
-from tasks.credentials import CredentialsBlockNotFoundError, aresolve_settings
+from tasks.credentials import aresolve_settings
 from tasks.deliverables import (
     DEFAULT_WEB_TEXTURE_PX,
     DeliverableSettings,
-    DeliverablesUnavailableError,
-    UnknownFormatError,
     check_available,
 )
-from tasks.errors import APIUnreachableError, AuthenticationError
+from tasks.errors import (
+    APIUnreachableError,
+    AuthenticationError,
+    BudgetExceededError,
+    ConfigurationError,
+    CredentialsBlockNotFoundError,
+    DeliverablesUnavailableError,
+    InvalidSettingsError,
+    ManifestError,
+    MissingAPIKeyError,
+    OutputNotWritableError,
+    UnknownFormatError,
+    UnknownModelError,
+)
 from tasks.ledger import PredictionLedger
 from tasks.limits import (
     Budget,
-    BudgetExceededError,
     SubmitThrottle,
     ensure_global_limit,
     queue_headroom_for,
 )
-from tasks.models import ModelSpec, UnknownModelError, check_model
+from tasks.models import ModelSpec, check_model
 from tasks.redact import redact_logs
-from tasks.settings import DEFAULT_MODEL, InvalidSettingsError, MissingAPIKeyError
-from tasks.storage import OutputNotWritableError as OutputNotWritableError  # re-exported
+from tasks.settings import DEFAULT_MODEL
 from tasks.storage import Storage, storage_error_message, writable_storage
 from tasks.submit import submit
 
@@ -92,10 +101,6 @@ AUTO_PREVIEWS_MAX_ITEMS = 100
 
 def _invalid(message: str, row: int, item_id: str, source: str) -> ItemOutcome:
     return ItemOutcome(id=item_id, row=row, status=ItemStatus.invalid, source=source, error=message)
-
-
-class ConfigurationError(ValueError):
-    """A flow parameter that cannot work (a limit or block that cannot be set up)."""
 
 
 async def _submit_task(cache_storage_block: str | None) -> Task[..., Any]:

@@ -38,12 +38,13 @@ from urllib.parse import unquote, urlsplit
 
 import fsspec.core
 
+from tasks.errors import ManifestError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_ID_LENGTH",
     "RESERVED_IDS",
     "Manifest",
-    "ManifestError",
     "ManifestFormat",
     "ManifestItem",
     "RowProblem",
@@ -135,19 +136,6 @@ class Manifest:
     label: str = ""
     """Short name shown in messages (the file name, ``photos/`` or ``photos/*.png``); pass it as
     ``RowProblem(..., manifest=label)`` for problems found later about an item."""
-
-
-class ManifestError(ValueError):
-    """The manifest as a whole cannot be used; the message says which manifest and why."""
-
-    def __init__(self, message: str, source: str = "", row: int | None = None, field: str | None = None):
-        super().__init__(message)
-        self.source = source
-        self.row = row
-        self.field = field
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.source, self.row, self.field))
 
 
 def validate_item_id(item_id: str) -> str | None:

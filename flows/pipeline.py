@@ -34,10 +34,12 @@ from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
+    ClaimedElsewhereError,
     NotFoundError,
     OutputRefusedError,
     PredictionTimeoutError,
     SubmitOutcomeUnknownError,
+    WaitAbandonedError,
     WaveSpeedError,
 )
 from tasks.fetch import FetchedFile, FetchedMesh, fetch, fetch_outputs
@@ -58,21 +60,6 @@ class PredictionResult:
     prediction: Prediction  # terminal
     reused: bool  # an earlier submit (ledger or cache) was resumed: nothing new was paid for
     warnings: tuple[str, ...] = ()
-
-
-class ClaimedElsewhereError(Exception):
-    """Another live run holds this content: it will land it, this run leaves it alone."""
-
-
-class WaitAbandonedError(Exception):
-    """The run was interrupted while this prediction was being waited for. It is paid for and its
-    id is in the ledger: a re-run resumes polling it, it does not submit again."""
-
-    def __init__(self, prediction_id: str, reason: str) -> None:
-        super().__init__(
-            f"{reason} while waiting for prediction {prediction_id} (paid for: a re-run resumes it)"
-        )
-        self.prediction_id = prediction_id
 
 
 @dataclass

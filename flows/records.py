@@ -1,15 +1,19 @@
-"""What a run writes next to each mesh and under ``DEST/runs/`` (pure data, no I/O)."""
+"""What a run writes next to each mesh and under ``DEST/runs/`` (pure data, no I/O), and the flows'
+errors, which carry a run summary."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from tasks import __version__
+
+if TYPE_CHECKING:
+    from flows.sharded import ShardedRunSummary
 
 METADATA_FILE = "metadata.json"
 MESH_FILE = "mesh.glb"
@@ -251,3 +255,21 @@ class RunInterruptedError(RunFailedError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.summary, self.signum))
+
+
+class ChunksFailedError(RunFailedError):
+    """Some chunks of a sharded run did not complete; the message names them and their flow run ids."""
+
+    def __init__(self, summary: ShardedRunSummary) -> None:
+        super().__init__(summary)
+        self.summary: ShardedRunSummary = summary
+        failed = summary.failed_chunks
+        parts = [summary.stop_reason] if summary.stop_reason else []
+        if failed:
+            listed = "; ".join(chunk.describe() for chunk in failed)
+            parts.append(f"{len(failed)} of {len(summary.chunks)} chunk(s) did not complete: {listed}")
+        parts.append(summary.headline())
+        self.args = (" | ".join(parts),)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.summary,))

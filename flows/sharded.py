@@ -44,9 +44,8 @@ from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 from pydantic import BaseModel, Field, ValidationError
 
 from flows.artifacts import publish_run_artifacts
-from flows.hunyuan3d import ConfigurationError, OutputNotWritableError
 from flows.interrupt import stop_on_signals
-from flows.manifest import Manifest, ManifestError, load_manifest
+from flows.manifest import Manifest, load_manifest
 from flows.parameters import (
     DEFAULT_FORMATS,
     ConcurrencyParam,
@@ -63,9 +62,9 @@ from flows.parameters import (
 )
 from flows.records import (
     RUNS_FOLDER,
+    ChunksFailedError,
     ItemOutcome,
     ItemStatus,
-    RunFailedError,
     RunInterruptedError,
     RunSummary,
     utc_now,
@@ -73,12 +72,18 @@ from flows.records import (
 from tasks.deliverables import (
     DEFAULT_WEB_TEXTURE_PX,
     DeliverableSettings,
-    DeliverablesUnavailableError,
-    UnknownFormatError,
     check_available,
 )
+from tasks.errors import (
+    ConfigurationError,
+    DeliverablesUnavailableError,
+    ManifestError,
+    OutputNotWritableError,
+    UnknownFormatError,
+    UnknownModelError,
+)
 from tasks.limits import ensure_global_limit, queue_headroom_for
-from tasks.models import UnknownModelError, check_model
+from tasks.models import check_model
 from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL
 from tasks.storage import STATE_FOLDER, Storage
@@ -171,24 +176,6 @@ class ShardedRunSummary(RunSummary):
     @property
     def failed_chunks(self) -> list[ChunkResult]:
         return [chunk for chunk in self.chunks if not chunk.ok]
-
-
-class ChunksFailedError(RunFailedError):
-    """Some chunks did not complete; the message names them and their flow run ids."""
-
-    def __init__(self, summary: ShardedRunSummary) -> None:
-        super().__init__(summary)
-        self.summary: ShardedRunSummary = summary
-        failed = summary.failed_chunks
-        parts = [summary.stop_reason] if summary.stop_reason else []
-        if failed:
-            listed = "; ".join(chunk.describe() for chunk in failed)
-            parts.append(f"{len(failed)} of {len(summary.chunks)} chunk(s) did not complete: {listed}")
-        parts.append(summary.headline())
-        self.args = (" | ".join(parts),)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.summary,))
 
 
 @dataclass

@@ -189,9 +189,18 @@ def run_flow(
     What the flow would stop on is checked here first, the API key and root last (one request):
     a configuration error costs no other request and does not wait for Prefect to start."""
     apply_defaults()
-    from flows.manifest import ManifestError, load_manifest
-    from tasks.models import UnknownModelError, check_model
-    from tasks.settings import InvalidSettingsError, MissingAPIKeyError, load_settings
+    from flows.manifest import load_manifest
+    from tasks.errors import (
+        DeliverablesUnavailableError,
+        InvalidSettingsError,
+        ManifestError,
+        MissingAPIKeyError,
+        OutputNotWritableError,
+        UnknownFormatError,
+        UnknownModelError,
+    )
+    from tasks.models import check_model
+    from tasks.settings import load_settings
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -201,7 +210,7 @@ def run_flow(
         raise UsageError("--max-cost must not be negative")
     if submits_per_minute is not None and submits_per_minute < 1:
         raise UsageError("--submits-per-minute must be at least 1")
-    from tasks.deliverables import DeliverableSettings, DeliverablesUnavailableError, UnknownFormatError
+    from tasks.deliverables import DeliverableSettings
     from tasks.deliverables import check_available as check_formats
 
     try:
@@ -228,7 +237,7 @@ def run_flow(
     except ManifestError as exc:
         raise UsageError(str(exc)) from exc
 
-    from tasks.storage import OutputNotWritableError, writable_storage
+    from tasks.storage import writable_storage
 
     try:
         writable_storage(output, storage_options)
@@ -237,8 +246,8 @@ def run_flow(
     _check_api(settings)
 
     # Prefect only now: importing it takes seconds, starting a server more.
-    from hy3d.local_server import ServerError
-    from hy3d.prefect_env import PrefectUnavailableError, prefect_api
+    from hy3d.prefect_env import prefect_api
+    from tasks.errors import PrefectUnavailableError
 
     try:
         with prefect_api(say=_say):
@@ -261,7 +270,7 @@ def run_flow(
                 max_faces=max_faces,
                 verbose=verbose,
             )
-    except (ServerError, PrefectUnavailableError) as exc:
+    except PrefectUnavailableError as exc:
         raise UsageError(str(exc)) from exc
 
 
@@ -362,11 +371,15 @@ def _check_api(settings: Any) -> None:
 
 def run_estimate(args: argparse.Namespace) -> int:
     apply_defaults()
-    from flows.manifest import ManifestError
     from hy3d.estimate import estimate_manifest
-    from tasks.errors import WaveSpeedError
-    from tasks.models import UnknownModelError
-    from tasks.settings import InvalidSettingsError, MissingAPIKeyError, load_settings
+    from tasks.errors import (
+        InvalidSettingsError,
+        ManifestError,
+        MissingAPIKeyError,
+        UnknownModelError,
+        WaveSpeedError,
+    )
+    from tasks.settings import load_settings
 
     try:
         load_settings().require_api_key()
@@ -396,6 +409,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 def run_server_command(action: str) -> int:
     from hy3d import local_server
+    from tasks.errors import PrefectUnavailableError
 
     try:
         if action == "stop":
@@ -417,7 +431,7 @@ def run_server_command(action: str) -> int:
         print(f"running since {since}: {running.describe()}")
         print(f"PREFECT_API_URL={running.api_url}  (to point other Prefect commands at it)")
         return EXIT_OK
-    except local_server.ServerError as exc:
+    except PrefectUnavailableError as exc:
         raise UsageError(str(exc)) from exc
 
 

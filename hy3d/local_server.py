@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.errors import PrefectUnavailableError
+
 ENV_HOME = "HY3D_SERVER_HOME"
 ENV_PORT = "HY3D_SERVER_PORT"
 ENV_IDLE = "HY3D_SERVER_IDLE_TIMEOUT"
@@ -67,11 +69,6 @@ PROGRESS_EVERY_S = 15.0
 Say = Callable[[str], None]
 
 
-class ServerError(Exception):
-    """The local server cannot be started, reached or stopped; the message is one line that says
-    what to do."""
-
-
 def say_on_stderr(line: str) -> None:
     print(f"hy3d: {line}", file=sys.stderr, flush=True)
 
@@ -83,7 +80,7 @@ def _float_env(name: str, default: float) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ServerError(f"{name}={text!r} is not a number of seconds") from None
+        raise PrefectUnavailableError(f"{name}={text!r} is not a number of seconds") from None
 
 
 def server_home() -> Path:
@@ -99,7 +96,7 @@ def preferred_port() -> int:
     if not text:
         return DEFAULT_PORT
     if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise ServerError(f"{ENV_PORT}={text!r} is not a port number")
+        raise PrefectUnavailableError(f"{ENV_PORT}={text!r} is not a port number")
     return int(text)
 
 
@@ -185,7 +182,7 @@ def locked(home: Path, *, timeout_s: float, say: Say | None = None, waiting: str
                     raise
             waited = time.monotonic() - started
             if waited > timeout_s:
-                raise ServerError(
+                raise PrefectUnavailableError(
                     f"another hy3d has held {home / LOCK_FILE} for over {timeout_s:.0f} s (starting or "
                     f"stopping the local Prefect server); see {home / LOG_FILE}"
                 )
@@ -405,18 +402,20 @@ def _wait_until_ready(
             return state
         if process is not None and process.poll() is not None:
             _children.pop(process.pid, None)
-            raise ServerError(
+            raise PrefectUnavailableError(
                 f"the local Prefect server exited while starting (exit {process.returncode}): "
                 f"{_last_log_line(log)} — see {log}; or set PREFECT_API_URL to a running server"
             )
         if process is None and not pid_alive(pid):
-            raise ServerError(f"the local Prefect server (pid {pid}) exited while starting; see {log}")
+            raise PrefectUnavailableError(
+                f"the local Prefect server (pid {pid}) exited while starting; see {log}"
+            )
         now = time.monotonic()
         if now > deadline:
             _terminate(pid)
             if state is not None:
                 remove_state(home, token)
-            raise ServerError(
+            raise PrefectUnavailableError(
                 f"the local Prefect server did not answer within {now - started:.0f} s (a busy machine?): "
                 f"try again, raise {ENV_START_TIMEOUT} (now {start_timeout_s():g} s), or set "
                 f"PREFECT_API_URL to a running server; its log: {log}"
@@ -438,7 +437,7 @@ def ensure(*, say: Say = say_on_stderr, register: bool = True) -> tuple[ServerSt
     however long ``HY3D_SERVER_START_TIMEOUT`` allows). With ``register``, this process counts as
     using it until :func:`unregister_client`. Returns the server and whether this call started it.
 
-    Raises :class:`ServerError` (one line) when it cannot start or be reached."""
+    Raises :class:`PrefectUnavailableError` (one line) when it cannot start or be reached."""
     home = server_home()
     timeout_s = start_timeout_s()
     deadline = time.monotonic() + timeout_s
@@ -506,7 +505,7 @@ def stop(*, say: Say = say_on_stderr) -> bool:
             if clients:
                 say(f"stopping the local Prefect server while {len(clients)} hy3d run(s) use it")
             if not _terminate(state.pid):
-                raise ServerError(f"the local Prefect server (pid {state.pid}) did not stop")
+                raise PrefectUnavailableError(f"the local Prefect server (pid {state.pid}) did not stop")
             stopped = True
         remove_state(home, state.token)
         return stopped

@@ -99,7 +99,8 @@ def add_resubmit_options(
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from tasks.deliverables import UnknownFormatError, parse_formats
+    from tasks.deliverables import parse_formats
+    from tasks.errors import UnknownFormatError
 
     try:
         return ("glb", *parse_formats(text))

@@ -7,6 +7,8 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+from tasks.errors import PrefectUnavailableError
+
 DEFAULTS = {
     # No telemetry from a tool that may run in closed networks (it also causes SQLite lock errors).
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -16,10 +18,6 @@ EPHEMERAL = "HY3D_EPHEMERAL"
 # Prefect's temporary server (HY3D_EPHEMERAL=1) gets this long to start instead of Prefect's 20 s,
 # which a busy machine misses.
 EPHEMERAL_STARTUP_TIMEOUT_S = 120
-
-
-class PrefectUnavailableError(Exception):
-    """No Prefect API for the run; the message is one line that says what to do."""
 
 
 def apply_defaults() -> None:
@@ -73,7 +71,7 @@ def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
     long-lived local server (:mod:`hy3d.local_server`, in a session of its own: a Ctrl-C for the run
     does not reach it either), started now if none runs, this process registered as using it.
 
-    Raises :class:`PrefectUnavailableError` or :class:`hy3d.local_server.ServerError` (one line)."""
+    Raises :class:`~tasks.errors.PrefectUnavailableError` (one line)."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,

@@ -205,8 +205,8 @@ def _run(manifest: str, output: str, **parameters: Any) -> int:
     from prefect.exceptions import TerminationSignal
 
     from flows.interrupt import exit_code
-    from flows.records import RunFailedError, RunInterruptedError
-    from flows.sharded import ChunksFailedError, ShardedRunSummary, generate_meshes_sharded
+    from flows.records import ChunksFailedError, RunFailedError, RunInterruptedError
+    from flows.sharded import ShardedRunSummary, generate_meshes_sharded
 
     run = cast(
         "Coroutine[Any, Any, State[Any]]",

@@ -18,23 +18,8 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr, field_validator
 
 from tasks.client import WaveSpeedClient
-from tasks.settings import DEFAULT_BASE_URL, MissingAPIKeyError, WaveSpeedSettings, load_settings
-
-
-class CredentialsBlockNotFoundError(MissingAPIKeyError):
-    """Configuration error: no ``WaveSpeedCredentials`` block is saved under the given name.
-
-    A :class:`~tasks.settings.MissingAPIKeyError` (and so a :class:`ValueError`): without the block
-    there is no key, and callers that already report a missing key report this the same way.
-    """
-
-    def __init__(self, block_name: str) -> None:
-        self.block_name = block_name
-        super().__init__(
-            f"no {WaveSpeedCredentials.get_block_type_name()!r} block named {block_name!r} on the "
-            f"Prefect API: create it in the UI (Blocks) or with "
-            f"WaveSpeedCredentials(api_key=...).save({block_name!r})"
-        )
+from tasks.errors import CredentialsBlockNotFoundError
+from tasks.settings import DEFAULT_BASE_URL, WaveSpeedSettings, load_settings
 
 
 class WaveSpeedCredentials(CredentialsBlock):
@@ -101,7 +86,7 @@ def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
     Synchronous in every context: safe from plain code, sync tasks and even inside a running event
     loop (where it blocks the loop for one API round trip; prefer :func:`aresolve_settings` there).
     Raises :class:`CredentialsBlockNotFoundError` when no block has that name, and
-    :class:`~tasks.settings.InvalidSettingsError` for a setting that cannot work.
+    :class:`~tasks.errors.InvalidSettingsError` for a setting that cannot work.
     """
     if block_name is None:
         return load_settings()
@@ -112,7 +97,9 @@ def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
         block: WaveSpeedCredentials = load(block_name, _sync=True)
     except ValueError as exc:
         if _not_found(exc):
-            raise CredentialsBlockNotFoundError(block_name) from None
+            raise CredentialsBlockNotFoundError(
+                block_name, WaveSpeedCredentials.get_block_type_name()
+            ) from None
         raise
     return block.settings()
 
@@ -126,13 +113,14 @@ async def aresolve_settings(block_name: str | None) -> WaveSpeedSettings:
         block: WaveSpeedCredentials = await WaveSpeedCredentials.aload(block_name)
     except ValueError as exc:
         if _not_found(exc):
-            raise CredentialsBlockNotFoundError(block_name) from None
+            raise CredentialsBlockNotFoundError(
+                block_name, WaveSpeedCredentials.get_block_type_name()
+            ) from None
         raise
     return block.settings()
 
 
 __all__ = [
-    "CredentialsBlockNotFoundError",
     "WaveSpeedCredentials",
     "aresolve_settings",
     "resolve_settings",

@@ -7,16 +7,14 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from tasks.errors import ImageProblem
+
 MIN_SIDE_PX = 128
 MAX_SIDE_PX = 5000
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
 # Pillow calls many camera JPEGs "MPO" (a JPEG with extra frames appended): still a JPEG file.
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp"}
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-
-
-class ImageProblem(ValueError):
-    """The file cannot be sent: the message says why, in words a user can act on."""
 
 
 @dataclass(frozen=True)

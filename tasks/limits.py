@@ -20,6 +20,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.asyncio import concurrency, rate_limit
 from prefect.exceptions import ObjectNotFound
 
+from tasks.errors import BudgetExceededError, SubmitsStoppedError
+
 logger = logging.getLogger("hy3d.limits")
 
 WINDOW_S = 60.0
@@ -68,10 +70,6 @@ class SubmitRateLimiter:
                 await self._sleep(self._sent[0] + WINDOW_S - now)
 
 
-class BudgetExceededError(Exception):
-    """Submitting this item would take the run's spending over its ``max_cost``."""
-
-
 class Budget:
     """Running total of what this run pays; refuses a submit that would pass the cap."""
 
@@ -96,10 +94,6 @@ class Budget:
     def refund(self, content_key: str) -> None:
         """The submit was certainly not accepted (so not billed)."""
         self.spent -= self.prices.get(content_key) or 0.0
-
-
-class SubmitsStoppedError(Exception):
-    """The run was stopped (rejected key, Ctrl-C, SIGTERM): this item's submit is not sent."""
 
 
 class SubmitThrottle:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.errors import UnknownModelError
 from tasks.settings import DEFAULT_MODEL
 
 
@@ -117,10 +118,6 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 KNOWN_MODELS = frozenset(MODELS)
-
-
-class UnknownModelError(ValueError):
-    """Configuration error: the model id is not a Hunyuan3D model this tool knows how to drive."""
 
 
 def check_model(model: str) -> ModelSpec:

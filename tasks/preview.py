@@ -26,6 +26,7 @@ import numpy.typing as npt
 import trimesh
 from PIL import Image
 
+from tasks.errors import PreviewError, PreviewTooLargeError
 from tasks.meshinfo import FULL_PARSE_MAX_BYTES, FULL_PARSE_SLOTS
 
 FloatArray = npt.NDArray[np.float32]
@@ -49,14 +50,6 @@ BATCH_FRAGMENTS = 1 << 20
 # The key light, in camera space (x right, y up, z towards the viewer): from the upper left, in front.
 _LIGHT = np.array([-0.45, 0.65, 0.62], dtype=np.float32)
 _LIGHT /= np.linalg.norm(_LIGHT)
-
-
-class PreviewError(ValueError):
-    """The file holds nothing that can be drawn (no triangles), or is too big to draw."""
-
-
-class PreviewTooLargeError(PreviewError):
-    """The mesh is over :data:`PREVIEW_MAX_BYTES`."""
 
 
 @dataclass

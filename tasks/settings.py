@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasks.errors import InvalidSettingsError, MissingAPIKeyError
+
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 DEFAULT_MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
 
@@ -93,14 +95,6 @@ class WaveSpeedSettings(BaseSettings):
                 "no WaveSpeed API key: set WAVESPEED_API_KEY (or pass a credentials block)"
             )
         return self.api_key
-
-
-class MissingAPIKeyError(ValueError):
-    """Configuration error: nothing can run without a key."""
-
-
-class InvalidSettingsError(ValueError):
-    """Configuration error: a ``WAVESPEED_*`` setting that cannot work; the message is one line."""
 
 
 def load_settings(**values: Any) -> WaveSpeedSettings:

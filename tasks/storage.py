@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 import fsspec
 from fsspec import AbstractFileSystem
 
+from tasks.errors import OutputNotWritableError, UnsafePathError
 from tasks.redact import redact
 
 # The tool's own state under DEST: ledger, claims, staging files. Never an item id (ids can't start with ".").
@@ -221,10 +222,6 @@ def _upload_options(fs: AbstractFileSystem, name: str) -> dict[str, Any]:
     return {}
 
 
-class UnsafePathError(ValueError):
-    """A path component that could point outside the output folder."""
-
-
 def _checked(parts: tuple[str, ...]) -> tuple[str, ...]:
     # Ids are validated when the manifest is read; this is the last line of defence, so that no
     # component can ever address a file outside DEST.
@@ -247,10 +244,6 @@ def process_alive(pid: int) -> bool:
 def discard(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-
-
-class OutputNotWritableError(ValueError):
-    """Configuration error: the output URL cannot be written (bad URL, credentials, permissions)."""
 
 
 def writable_storage(output: str, options: Mapping[str, Any]) -> Storage:

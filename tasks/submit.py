@@ -22,7 +22,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.client import WaveSpeedClient
-from tasks.errors import SubmitOutcomeUnknownError, WaveSpeedError
+from tasks.errors import ImageChangedError, SubmitOutcomeUnknownError, WaveSpeedError
 from tasks.images import EXTENSIONS
 from tasks.ledger import RETENTION, PredictionLedger
 from tasks.limits import SubmitThrottle
@@ -89,10 +89,6 @@ class SubmittedPrediction(BaseModel):
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     request: SubmitRequest = parameters["request"]
     return request.cache_key
-
-
-class ImageChangedError(ValueError):
-    """The image file changed between validation and upload: what was checked is not what we'd pay for."""
 
 
 def read_image_bytes(image: ImageInput, storage_options: Mapping[str, Any] | None) -> bytes:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from tasks.errors import WebhookBodyError, WebhookRejected
 from tasks.prediction import Prediction
 from tasks.wakeups import Waiter, new_waiter, wake
 
@@ -43,14 +44,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-class WebhookRejected(Exception):
-    """A delivery that is not provably from WaveSpeed (answered 401)."""
-
-
-class WebhookBodyError(WebhookRejected):
-    """Signed, but not a prediction (answered 400: sending it again will not help)."""
 
 
 def expected_signature(secret: SecretStr, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -276,4 +269,4 @@ async def _answer(send: Send, status: int) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-__all__ = ["WebhookBodyError", "WebhookReceiver", "WebhookRejected", "parse_listen", "verify_delivery"]
+__all__ = ["WebhookReceiver", "parse_listen", "verify_delivery"]

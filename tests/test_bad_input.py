@@ -26,12 +26,16 @@ import pytest
 from PIL import Image, ImageDraw
 
 from emulator import EmulatorServer
-from flows.hunyuan3d import OutputNotWritableError
-from flows.manifest import ManifestError
 from hy3d.cli import main
-from tasks.errors import APIUnreachableError, AuthenticationError
-from tasks.models import UnknownModelError
-from tasks.settings import InvalidSettingsError, MissingAPIKeyError
+from tasks.errors import (
+    APIUnreachableError,
+    AuthenticationError,
+    InvalidSettingsError,
+    ManifestError,
+    MissingAPIKeyError,
+    OutputNotWritableError,
+    UnknownModelError,
+)
 from tests.conftest import closed_port, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

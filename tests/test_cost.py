@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emulator import EmulatorServer
-from tasks.limits import BudgetExceededError
+from tasks.errors import BudgetExceededError
 from tests.conftest import client_env, run_cli, run_flow
 from tests.test_flow import write_csv
 

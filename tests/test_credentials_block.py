@@ -18,12 +18,12 @@ from pydantic import SecretStr, ValidationError
 
 from tasks.client import WaveSpeedClient
 from tasks.credentials import (
-    CredentialsBlockNotFoundError,
     WaveSpeedCredentials,
     aresolve_settings,
     resolve_settings,
 )
-from tasks.settings import DEFAULT_BASE_URL, MissingAPIKeyError, WaveSpeedSettings
+from tasks.errors import CredentialsBlockNotFoundError, MissingAPIKeyError
+from tasks.settings import DEFAULT_BASE_URL, WaveSpeedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "ws-test-key-5f1c9d2e7a"  # distinctive, so a leak anywhere is easy to spot

@@ -46,7 +46,8 @@ from flows.gallery import (
 )
 from flows.records import ItemOutcome, ItemStatus, RunSummary, metadata_document, utc_now
 from tasks import preview
-from tasks.preview import PreviewError, render_preview
+from tasks.errors import PreviewError, PreviewTooLargeError
+from tasks.preview import render_preview
 from tasks.storage import Storage
 from tests.conftest import SAMPLES, run_flow, serve
 
@@ -273,7 +274,7 @@ def test_meshes_over_the_preview_limit_get_no_preview_and_are_not_retried(
     monkeypatch.setattr(preview, "PREVIEW_MAX_BYTES", 200_000)
     monkeypatch.setattr(gallery_module, "PREVIEW_MAX_BYTES", 200_000)
     monkeypatch.setattr(gallery_module, "MAX_SIDECAR_BYTES", 200_000)
-    with pytest.raises(preview.PreviewTooLargeError):
+    with pytest.raises(PreviewTooLargeError):
         render_preview(str(out / "big" / "mesh.glb"))
     storage = Storage(str(out))
     with caplog.at_level(logging.INFO, logger="hy3d.gallery"):

@@ -17,12 +17,12 @@ from PIL import Image
 from flows.manifest import (
     IMAGE_EXTENSIONS,
     Manifest,
-    ManifestError,
     ManifestItem,
     RowProblem,
     load_manifest,
     validate_item_id,
 )
+from tasks.errors import ManifestError
 
 # --------------------------------------------------------------------------------------------------
 # Helpers

@@ -10,9 +10,9 @@ import pytest
 
 from emulator import EmulatorServer
 from tasks.client import WaveSpeedClient
-from tasks.errors import AuthenticationError
+from tasks.errors import AuthenticationError, UnsafePathError
 from tasks.settings import WaveSpeedSettings
-from tasks.storage import Storage, UnsafePathError
+from tasks.storage import Storage
 from tests.conftest import run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

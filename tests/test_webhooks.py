@@ -23,12 +23,11 @@ from pydantic import SecretStr
 
 from emulator import EmulatorServer
 from tasks.client import WaveSpeedClient
+from tasks.errors import WebhookBodyError, WebhookRejected
 from tasks.settings import WaveSpeedSettings
 from tasks.webhooks import (
     MISSES_BEFORE_DISTRUST,
-    WebhookBodyError,
     WebhookReceiver,
-    WebhookRejected,
     parse_listen,
     verify_delivery,
 )

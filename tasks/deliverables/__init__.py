@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.deliverables.tools import gltfpack_command
+from tasks.errors import DeliverablesUnavailableError, UnknownFormatError
 
 FormatName = Literal["glb", "web", "usdz", "stl", "obj"]
 FORMATS: tuple[str, ...] = ("glb", "web", "usdz", "stl", "obj")
@@ -34,14 +35,6 @@ FILES: dict[str, str] = {
 }
 DEFAULT_WEB_TEXTURE_PX = 1024
 EXTRA = "prefect-hunyuan3d[formats]"
-
-
-class DeliverablesUnavailableError(ValueError):
-    """Configuration error: a format was asked for whose library or tool is not installed."""
-
-
-class UnknownFormatError(ValueError):
-    """Configuration error: a format name this tool does not make."""
 
 
 def parse_formats(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from tasks.errors import GlbFormatError
+
 MAGIC = b"glTF"
 JSON_CHUNK = b"JSON"
 BIN_CHUNK = b"BIN\x00"
@@ -19,10 +21,6 @@ _HEADER = struct.Struct("<4sII")
 _CHUNK = struct.Struct("<I4s")
 WEBP_EXTENSION = "EXT_texture_webp"
 WEBP_QUALITY = 85
-
-
-class GlbFormatError(ValueError):
-    """Not a GLB this module can rewrite."""
 
 
 def read_glb(data: bytes) -> tuple[dict[str, Any], bytes]:

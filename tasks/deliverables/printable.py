@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from tasks.errors import PrintableError
+
 Y_UP_TO_Z_UP = np.array([[1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
 
 
@@ -32,10 +34,6 @@ def vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     unit: np.ndarray = np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 1.0, 0.0])
     return unit
-
-
-class PrintableError(RuntimeError):
-    """The STL or OBJ could not be made or does not read back."""
 
 
 def _scene(source: str) -> Any:

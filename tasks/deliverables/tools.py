@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tasks.errors import GltfpackError
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / ".cache" / "formats-npm" / "node_modules"
 ENV_VAR = "HY3D_GLTFPACK"
@@ -32,10 +34,6 @@ def gltfpack_command() -> list[str]:
     if cli.is_file():
         raise FileNotFoundError(f"node is not on the PATH (gltfpack's npm build runs on it); {INSTALL_HINT}")
     raise FileNotFoundError(f"not installed; {INSTALL_HINT}")
-
-
-class GltfpackError(RuntimeError):
-    """gltfpack failed; the message carries the end of what it printed."""
 
 
 def run_gltfpack(arguments: list[str], timeout_s: float = 1800.0) -> str:

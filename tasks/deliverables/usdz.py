@@ -21,14 +21,11 @@ from PIL import Image
 from tasks.deliverables.printable import vertex_normals
 from tasks.deliverables.tools import run_gltfpack
 from tasks.deliverables.web import simplify_ratio
+from tasks.errors import UsdzError
 from tasks.meshinfo import inspect_glb_structure
 
 # AR Quick Look's guidance: textures up to 2048 px (larger ones are downsampled on device anyway).
 USDZ_TEXTURE_MAX_PX = 2048
-
-
-class UsdzError(RuntimeError):
-    """The USDZ could not be made or does not read back."""
 
 
 def _simplified(source: str, folder: str, max_faces: int | None) -> str:

@@ -15,14 +15,11 @@ import os
 
 from tasks.deliverables.gltf import textures_to_webp
 from tasks.deliverables.tools import run_gltfpack
+from tasks.errors import WebGlbError
 from tasks.meshinfo import check_glb_header, inspect_glb_structure
 
 # gltfpack's simplifier stops at 1% deviation by default; asked for a face budget, it may go further.
 SIMPLIFY_ERROR = 0.05
-
-
-class WebGlbError(RuntimeError):
-    """The web GLB could not be made within what was asked (e.g. over max_faces)."""
 
 
 def simplify_ratio(faces: int, max_faces: int | None) -> float | None:
