@@ -171,7 +171,8 @@ def _write_item_assets(storage: Storage, item_id: str, metadata: Any) -> str | N
                 logger.warning(
                     "%s: could not write %s: %s: %s", item_id, SIDECAR_FILE, type(exc).__name__, exc
                 )
-            from tasks.preview import PreviewTooLargeError, render_preview
+            from tasks.errors import PreviewTooLargeError
+            from tasks.preview import render_preview
 
             try:
                 _write_bytes(storage, render_preview(mesh_path, PREVIEW_PX), item_id, PREVIEW_FILE)

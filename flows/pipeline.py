@@ -34,18 +34,20 @@ from tasks.claims import ClaimRegistry
 from tasks.client import WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
+    BudgetExceededError,
     ClaimedElsewhereError,
     NotFoundError,
     OutputRefusedError,
     PredictionTimeoutError,
     SubmitOutcomeUnknownError,
+    SubmitsStoppedError,
     WaitAbandonedError,
     WaveSpeedError,
 )
 from tasks.fetch import FetchedFile, FetchedMesh, fetch, fetch_outputs
 from tasks.images import ImageInfo
 from tasks.ledger import RETENTION, PredictionLedger
-from tasks.limits import BudgetExceededError, SubmitsStoppedError, SubmitThrottle, in_flight_slot
+from tasks.limits import SubmitThrottle, in_flight_slot
 from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage, small_io, storage_error_message
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction

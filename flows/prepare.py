@@ -14,7 +14,8 @@ import fsspec
 from pydantic import ValidationError
 
 from flows.manifest import ManifestItem
-from tasks.images import MAX_IMAGE_BYTES, ImageInfo, ImageProblem, inspect_image
+from tasks.errors import ImageProblem
+from tasks.images import MAX_IMAGE_BYTES, ImageInfo, inspect_image
 from tasks.models import ModelSpec, describe_validation_error
 from tasks.submit import ImageInput, SubmitRequest
 from tasks.urlcheck import UrlCheck, check_urls

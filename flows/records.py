@@ -166,6 +166,12 @@ class RunSummary(BaseModel):
     summary_url: str | None = None
     gallery_url: str | None = None
 
+    @property
+    def file_name(self) -> str:
+        """Its file under ``DEST/runs/``: when the run started, then its flow run."""
+        stamp = self.started_at.replace(":", "").replace("-", "").replace(".", "")
+        return f"{stamp}-{self.flow_run_id or 'local'}.json"
+
     @classmethod
     def build(
         cls,

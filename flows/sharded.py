@@ -28,8 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 from prefect import State, flow, get_run_logger
@@ -44,54 +43,37 @@ from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 from pydantic import BaseModel, Field, ValidationError
 
 from flows.artifacts import publish_run_artifacts
-from flows.interrupt import stop_on_signals
-from flows.manifest import Manifest, load_manifest
-from flows.parameters import (
+from flows.checks import RunSetup, check_setup, ensure_limits, shared_limits
+from flows.interrupt import Interruption, stop_on_signals
+from flows.manifest import Manifest
+from flows.options import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_FORMATS,
+    Advanced,
     ConcurrencyParam,
     FormatsParam,
-    InputsParam,
-    MaxFacesParam,
+    Limits,
+    ManifestParam,
     ModelParam,
-    QueueHeadroomParam,
-    ResubmitUnknownParam,
-    StorageOptionsParam,
-    SubmitsPerMinuteParam,
-    WaitTimeoutParam,
-    WebTexturePxParam,
+    OutputParam,
+    RunOptions,
+    ShardedRunOptions,
+    Sharding,
 )
 from flows.records import (
     RUNS_FOLDER,
-    ChunksFailedError,
     ItemOutcome,
     ItemStatus,
+    RunFailedError,
     RunInterruptedError,
     RunSummary,
     utc_now,
 )
-from tasks.deliverables import (
-    DEFAULT_WEB_TEXTURE_PX,
-    DeliverableSettings,
-    check_available,
-)
-from tasks.errors import (
-    ConfigurationError,
-    DeliverablesUnavailableError,
-    ManifestError,
-    OutputNotWritableError,
-    UnknownFormatError,
-    UnknownModelError,
-)
-from tasks.limits import ensure_global_limit, queue_headroom_for
-from tasks.models import check_model
+from tasks.errors import ConfigurationError
 from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL
 from tasks.storage import STATE_FOLDER, Storage
 
-DEFAULT_DEPLOYMENT = "hunyuan3d-meshes/on-demand"
-DEFAULT_CHUNK_SIZE = 100
-DEFAULT_IN_FLIGHT_LIMIT = "hy3d-in-flight"
-DEFAULT_RATE_LIMIT = "hy3d-submits-per-minute"
 WORKER_NAME_LABEL = "prefect.worker.name"
 WORK_POOL_LABEL = "prefect.work-pool.name"
 # Prefect's own foreman takes a worker for offline after 3 missed heartbeats; so does the parent, but
@@ -176,6 +158,24 @@ class ShardedRunSummary(RunSummary):
     @property
     def failed_chunks(self) -> list[ChunkResult]:
         return [chunk for chunk in self.chunks if not chunk.ok]
+
+
+class ChunksFailedError(RunFailedError):
+    """Some chunks did not complete; the message names them and their flow run ids."""
+
+    def __init__(self, summary: ShardedRunSummary) -> None:
+        super().__init__(summary)
+        self.summary: ShardedRunSummary = summary
+        failed = summary.failed_chunks
+        parts = [summary.stop_reason] if summary.stop_reason else []
+        if failed:
+            listed = "; ".join(chunk.describe() for chunk in failed)
+            parts.append(f"{len(failed)} of {len(summary.chunks)} chunk(s) did not complete: {listed}")
+        parts.append(summary.headline())
+        self.args = (" | ".join(parts),)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.summary,))
 
 
 @dataclass
@@ -302,19 +302,16 @@ class _Shard:
         self,
         client: PrefectClient,
         storage: Storage,
-        deployment: str,
+        sharding: Sharding,
         parameters: dict[str, Any],
-        *,
-        poll_interval_s: float,
-        chunk_timeout_s: float | None,
         run_name: str,
     ) -> None:
         self.client = client
         self.storage = storage
-        self.deployment = deployment
+        self.deployment = sharding.deployment
         self.parameters = parameters
-        self.poll_interval_s = poll_interval_s
-        self.chunk_timeout_s = chunk_timeout_s
+        self.poll_interval_s = sharding.poll_interval_s
+        self.chunk_timeout_s = sharding.chunk_timeout_s
         self.run_name = run_name
         self.workers = _WorkerWatch()
         self.logger = get_run_logger()
@@ -384,7 +381,7 @@ class _Shard:
                 run = await arun_deployment(
                     self.deployment,
                     client=self.client,
-                    parameters={**self.parameters, "rows": list(chunk.rows)},
+                    parameters=_with_rows(self.parameters, chunk.rows),
                     timeout=0,
                     as_subflow=True,
                     flow_run_name=f"{self.run_name}-chunk-{chunk.index:0{width}d}-of-{total}",
@@ -464,6 +461,11 @@ class _Shard:
         return _Outcome(chunk, result, summary)
 
 
+def _with_rows(parameters: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
+    """A chunk's parameters: the run's, with only its rows."""
+    return {**parameters, "advanced": {**parameters["advanced"], "rows": list(rows)}}
+
+
 def _aggregate(
     outcomes: list[_Outcome], expected: dict[int, tuple[str, str]]
 ) -> tuple[list[ItemOutcome], list[str], str | None, float | None, float | None]:
@@ -529,304 +531,156 @@ def _chunks_markdown(summary: ShardedRunSummary) -> str:
     return "\n".join(lines)
 
 
-def _check_inputs(model: str, inputs: dict[str, Any]) -> Any:
-    spec = check_model(model)
-    unknown = sorted(set(inputs) - spec.option_fields)
-    if unknown:
-        accepted = ", ".join(sorted(spec.option_fields)) or "none besides the image"
-        raise ConfigurationError(f"inputs {unknown} are not inputs of {spec.id} (it accepts: {accepted})")
-    return spec
-
-
-def _writable(output: str, options: dict[str, Any]) -> Storage:
-    try:
-        storage = Storage(output, options)
-        storage.ensure_writable()
-    except Exception as exc:
-        raise OutputNotWritableError(
-            f"cannot write to the output {output!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return storage
-
-
 @flow(name="hunyuan3d-meshes-sharded", log_prints=True, persist_result=False)
 async def generate_meshes_sharded(
-    manifest: Annotated[
-        str,
-        Field(
-            description="Manifest URL or path (CSV/JSONL/TXT, a folder or a glob), as for hunyuan3d-meshes."
-        ),
-    ],
-    output: Annotated[
-        str,
-        Field(description="Where meshes go: any fsspec URL every worker can write (s3://, gs://, az://...)."),
-    ],
-    chunk_size: Annotated[
-        int, Field(ge=1, le=100_000, description="Manifest rows per chunk (one flow run per chunk).")
-    ] = DEFAULT_CHUNK_SIZE,
-    deployment: Annotated[
-        str,
-        Field(
-            description="Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll."
-        ),
-    ] = DEFAULT_DEPLOYMENT,
+    manifest: ManifestParam,
+    output: OutputParam,
     model: ModelParam = DEFAULT_MODEL,
-    concurrency: Annotated[
-        ConcurrencyParam,
-        Field(
-            description="Predictions WaveSpeed processes at once per chunk (the account's concurrent task "
-            "limit when one chunk runs at a time); with the headroom, also the size of the global in-flight "
-            "limit when it has to be created."
-        ),
-    ] = 2,
-    queue_headroom: Annotated[
-        QueueHeadroomParam,
-        Field(description="Predictions queued beyond `concurrency` per chunk; default: half, rounded up."),
-    ] = None,
-    storage_options: StorageOptionsParam = None,
-    inputs: InputsParam = None,
-    wait_timeout_s: Annotated[
-        WaitTimeoutParam, Field(description="Deadline per prediction; default from the workers' settings.")
-    ] = None,
-    retry_failed: Annotated[
-        bool, Field(description="Submit again predictions that failed with a transient code. Billed.")
-    ] = False,
-    resubmit_unknown: ResubmitUnknownParam = False,
-    credentials_block: Annotated[
-        str | None, Field(description="Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_*.")
-    ] = None,
-    submits_per_minute: Annotated[
-        SubmitsPerMinuteParam,
-        Field(description="Cap on submits per minute across all chunks (shared rate limit)."),
-    ] = None,
-    concurrency_limit_name: Annotated[
-        str | None,
-        Field(
-            description="Prefect global concurrency limit capping predictions in flight (queued ones "
-            "included) across every chunk and run (created with `concurrency` + headroom slots if missing). "
-            "Null: each chunk only has its own cap."
-        ),
-    ] = DEFAULT_IN_FLIGHT_LIMIT,
-    rate_limit_name: Annotated[
-        str | None,
-        Field(
-            description="Prefect global concurrency limit used as the shared submits-per-minute rate limit; "
-            f"default {DEFAULT_RATE_LIMIT!r} when submits_per_minute is set."
-        ),
-    ] = None,
-    cache_storage_block: Annotated[
-        str | None,
-        Field(
-            description="Saved filesystem block holding submit cache records, shared by every worker's host."
-        ),
-    ] = None,
-    chunk_timeout_s: Annotated[
-        float | None,
-        Field(
-            gt=0,
-            description="Give a chunk up (its flow run set Crashed) when it has not finished this long after "
-            "it started. Default: no limit; chunks whose worker stops heartbeating are given up anyway.",
-        ),
-    ] = None,
-    poll_interval_s: Annotated[
-        float, Field(gt=0, le=300, description="How often the parent checks on its chunks, seconds.")
-    ] = 5.0,
+    concurrency: ConcurrencyParam = DEFAULT_CONCURRENCY,
     formats: FormatsParam = DEFAULT_FORMATS,
-    web_texture_px: WebTexturePxParam = DEFAULT_WEB_TEXTURE_PX,
-    max_faces: MaxFacesParam = None,
+    sharding: Sharding = Sharding(),
+    limits: Limits = Limits(),
+    advanced: Advanced = Advanced(),
 ) -> State[Any]:
-    """Shard the manifest into chunks, run each chunk as a flow run of ``deployment`` on its work pool,
-    wait for all of them and write one summary under ``DEST/runs/``. Ends Failed naming the chunks
-    (and their flow run ids) that did not complete.
+    """Shard the manifest into chunks, run each chunk as a flow run of ``sharding.deployment`` on its
+    work pool, wait for all of them and write one summary under ``DEST/runs/``. Ends Failed naming the
+    chunks (and their flow run ids) that did not complete.
 
-    Args:
-        manifest: Manifest URL or path (CSV/JSONL/TXT, a folder or a glob), as for hunyuan3d-meshes.
-        output: Where meshes go: any fsspec URL every worker can write (s3://, gs://, az://...).
-        chunk_size: Manifest rows per chunk (one flow run per chunk).
-        deployment: Deployment that runs each chunk ('flow/deployment'), on the pool the workers poll.
-        model: WaveSpeed Hunyuan3D model id.
-        concurrency: Predictions WaveSpeed processes at once per chunk (the account's concurrent task
-            limit when one chunk runs at a time); with the headroom, also the size of the global in-flight
-            limit when it has to be created.
-        queue_headroom: Predictions submitted beyond `concurrency` per chunk, queued by WaveSpeed until a
-            slot frees; default: half of `concurrency`, rounded up; 0: never more than `concurrency`.
-        storage_options: fsspec options for the manifest, images and output (endpoint, credentials).
-        inputs: Extra model inputs applied to every item.
-        wait_timeout_s: Deadline per prediction; default from the workers' settings.
-        retry_failed: Submit again predictions that failed with a transient code. Billed.
-        resubmit_unknown: Submit again items whose earlier submit may have been accepted. May bill twice.
-        credentials_block: Saved WaveSpeed Credentials block; default: the workers' WAVESPEED_* settings.
-        submits_per_minute: Cap on submits per minute across all chunks (shared rate limit).
-        concurrency_limit_name: Prefect global concurrency limit capping predictions in flight across
-            every chunk and run, queued ones included (created with `concurrency` + headroom slots if
-            missing).
-        rate_limit_name: Prefect global concurrency limit used as the shared submits-per-minute rate
-            limit; default 'hy3d-submits-per-minute' when submits_per_minute is set.
-        cache_storage_block: Saved filesystem block holding submit cache records.
-        chunk_timeout_s: Give a chunk up when it has not finished this long after it started.
-        poll_interval_s: How often the parent checks on its chunks, seconds.
-        formats: Files to deliver per item (glb, web, usdz, stl, obj), as for hunyuan3d-meshes; every
-            worker needs what they need (the extra prefect-hunyuan3d[formats], gltfpack for web).
-        web_texture_px: Web GLB: textures at most this many pixels on their longer side.
-        max_faces: Web GLB and USDZ: simplify meshes with more faces to this many. Default: keep all.
-    """
-    logger = get_run_logger()
+    Each parameter is declared in :mod:`flows.options`, as for ``hunyuan3d-meshes``: every chunk gets
+    this run's options with its own rows. Every worker needs what the formats need (the extra
+    prefect-hunyuan3d[formats] for usdz, gltfpack for web)."""
     redact_logs()
-    started_at = utc_now()
-    options = dict(storage_options or {})
-    if submits_per_minute and not rate_limit_name:
-        rate_limit_name = DEFAULT_RATE_LIMIT  # one window for every chunk, not one per chunk
-    try:
-        spec = _check_inputs(model, inputs or {})
-        deliverables = DeliverableSettings.from_parameters(formats, web_texture_px, max_faces)
-        check_available(deliverables)  # here too: the parent's host should be set up like the workers
-        if rate_limit_name and not submits_per_minute:
-            raise ConfigurationError("rate_limit_name needs submits_per_minute (the rate to enforce)")
-        loaded = await asyncio.to_thread(
-            partial(
-                load_manifest,
-                manifest,
-                options,
-                check_exists=False,  # the chunks check; here only the rows matter
-                known_fields=spec.option_fields,
-                primary=spec.primary,
-                image_columns=spec.extra_image_columns,
-            )
-        )
-        storage = await asyncio.to_thread(_writable, output, options)
-        async with get_client() as client:
-            try:
-                target = await client.read_deployment_by_name(deployment)
-            except (ObjectNotFound, ValueError) as exc:
-                raise ConfigurationError(
-                    f"deployment {deployment!r} not found on the Prefect server (deploy it with "
-                    f"`prefect --no-prompt deploy --all`): {exc}"
-                ) from exc
-            accepted = (target.parameter_openapi_schema or {}).get("properties") or {}
-            needed = ["rows", "formats"] if deliverables.formats else ["rows"]
-            for name in needed:
-                if accepted and name not in accepted:
-                    raise ConfigurationError(
-                        f"deployment {deployment!r} does not take a {name!r} parameter (deployed from an "
-                        "older checkout?): deploy it again with `prefect --no-prompt deploy --all`"
-                    )
-        try:
-            if concurrency_limit_name:
-                await ensure_global_limit(
-                    concurrency_limit_name, concurrency + queue_headroom_for(concurrency, queue_headroom)
-                )
-            if rate_limit_name and submits_per_minute:
-                await ensure_global_limit(rate_limit_name, submits_per_minute, per_minute=submits_per_minute)
-        except Exception as exc:
-            raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
-    except (
-        UnknownModelError,
-        ManifestError,
-        OutputNotWritableError,
-        ConfigurationError,
-        DeliverablesUnavailableError,
-        UnknownFormatError,
-    ) as exc:
-        return Failed(message=str(exc), data=exc)
-
-    expected = manifest_rows(loaded)
-    chunks = plan_chunks(expected, chunk_size)
-    parameters: dict[str, Any] = {
-        "manifest": manifest,
-        "output": output,
-        "model": model,
-        "concurrency": concurrency,
-        "queue_headroom": queue_headroom,
-        "storage_options": storage_options,
-        "inputs": inputs,
-        "wait_timeout_s": wait_timeout_s,
-        "retry_failed": retry_failed,
-        "resubmit_unknown": resubmit_unknown,
-        "credentials_block": credentials_block,
-        "submits_per_minute": submits_per_minute,
-        "concurrency_limit_name": concurrency_limit_name,
-        "rate_limit_name": rate_limit_name,
-        "cache_storage_block": cache_storage_block,
-    }
-    if deliverables.formats:  # only then: a deployment from before formats existed still takes the rest
-        parameters.update(
-            formats=["glb", *deliverables.formats], web_texture_px=web_texture_px, max_faces=max_faces
-        )
-    parameters = {name: value for name, value in parameters.items() if value is not None}
-    run_id = current_run.get_id()
-    run_name = current_run.get_name() or "hy3d"
-    logger.info(
-        "%d row(s) of %s in %d chunk(s) of up to %d, on deployment %s",
-        len(expected),
-        manifest,
-        len(chunks),
-        chunk_size,
-        deployment,
-    )
-    async with get_client() as client, stop_on_signals() as interruption:
-        released = await release_claims_of_finished_runs(storage, client)
-        if released:
-            logger.info("removed %d claim(s) held by flow runs that are over", released)
-        shard = _Shard(
-            client,
-            storage,
-            deployment,
-            parameters,
-            poll_interval_s=poll_interval_s,
-            chunk_timeout_s=chunk_timeout_s,
-            run_name=run_name,
-        )
-        interruption.on_stop(shard.stop)
-        outcomes = await shard.run(chunks, len(chunks))
-        # Two chunks holding the same image under different ids: one paid, the other saw the claim.
-        # Now that every chunk is over, those rows are run once more; they resume, paying nothing.
-        claimed = sorted(
-            item.row
-            for outcome in outcomes
-            if outcome.summary is not None
-            for item in outcome.summary.items
-            if item.status is ItemStatus.claimed_elsewhere
-        )
-        if claimed and shard.stop_reason is None:
-            again = Chunk(index=len(chunks) + 1, rows=tuple(claimed), note="rows claimed by another chunk")
-            logger.info("%d row(s) were claimed by another chunk; running them again", len(claimed))
-            outcomes += await shard.run([again], len(chunks) + 1)
-
-    items, problems, stop_reason, cost, refund = _aggregate(outcomes, expected)
-    base = RunSummary.build(
+    options = ShardedRunOptions(
         manifest=manifest,
         output=output,
         model=model,
-        flow_run_id=run_id,
-        started_at=started_at,
-        items=items,
-        problems=problems + [str(warning) for warning in loaded.warnings if str(warning) not in problems],
-        stop_reason=shard.stop_reason or stop_reason,
-        cost_usd=cost,
-        refund_usd=refund,
+        concurrency=concurrency,
+        formats=formats,
+        sharding=sharding,
+        limits=shared_limits(limits),
+        advanced=advanced,
     )
-    summary = ShardedRunSummary(
-        **base.model_dump(),
-        deployment=deployment,
-        chunk_size=chunk_size,
-        chunks=sorted((outcome.result for outcome in outcomes), key=lambda result: result.index),
-    )
-    stamp = started_at.replace(":", "").replace("-", "").replace(".", "")
-    name = f"{stamp}-{run_id or 'local'}.json"
-    summary.summary_url = storage.url(RUNS_FOLDER, name)
-    await asyncio.to_thread(storage.write_json, summary.model_dump(mode="json"), RUNS_FOLDER, name)
-    logger.info("%s; summary: %s", summary.headline(), summary.summary_url)
+    started_at = utc_now()
+    try:  # the parent's host is checked like the workers': a problem is one line before any chunk
+        setup = await check_setup(options, check_exists=False)  # the chunks check the images
+        await _check_deployment(options.sharding.deployment)
+        await ensure_limits(options.limits, options.concurrency)
+    except ConfigurationError as exc:
+        return Failed(message=str(exc), data=exc)
+    async with get_client() as client, stop_on_signals() as interruption:
+        shard, outcomes = await _run_chunks(client, options, setup, interruption)
+        interrupted = interruption.signum
+    summary = _summarize(options, setup, started_at, shard, outcomes)
+    await asyncio.to_thread(_write_summary, setup.storage, summary)
+    get_run_logger().info("%s; summary: %s", summary.headline(), summary.summary_url)
     await publish_run_artifacts(summary)
     try:
         await acreate_markdown_artifact(
             _chunks_markdown(summary), key="hy3d-chunks", description="Chunks and their flow runs."
         )
     except Exception as exc:
-        logger.warning("could not create the chunks artifact: %s", exc)
-    if interruption.signum is not None:
-        interrupted = RunInterruptedError(summary, interruption.signum)
-        return Cancelled(message=str(interrupted), data=interrupted)
+        get_run_logger().warning("could not create the chunks artifact: %s", exc)
+    if interrupted is not None:
+        stopped = RunInterruptedError(summary, interrupted)
+        return Cancelled(message=str(stopped), data=stopped)
     if summary.failed or summary.stop_reason or summary.failed_chunks:
         error = ChunksFailedError(summary)
         return Failed(message=str(error), data=error)
     return Completed(message=summary.headline(), data=summary)
+
+
+async def _check_deployment(deployment: str) -> None:
+    """The deployment exists and takes this version's parameters."""
+    async with get_client() as client:
+        try:
+            target = await client.read_deployment_by_name(deployment)
+        except (ObjectNotFound, ValueError) as exc:
+            raise ConfigurationError(
+                f"deployment {deployment!r} not found on the Prefect server (deploy it with "
+                f"`prefect --no-prompt deploy --all`): {exc}"
+            ) from exc
+    accepted = (target.parameter_openapi_schema or {}).get("properties") or {}
+    for name in set(RunOptions.model_fields) - set(accepted):
+        raise ConfigurationError(
+            f"deployment {deployment!r} does not take a {name!r} parameter (deployed from an older "
+            "checkout?): deploy it again with `prefect --no-prompt deploy --all`"
+        )
+
+
+def _chunk_parameters(options: ShardedRunOptions) -> dict[str, Any]:
+    """What every chunk's flow run gets (its rows are added per chunk)."""
+    chunk = RunOptions.model_validate(options.model_dump(include=set(RunOptions.model_fields)))
+    return chunk.model_dump(mode="json")
+
+
+async def _run_chunks(
+    client: PrefectClient, options: ShardedRunOptions, setup: RunSetup, interruption: Interruption
+) -> tuple["_Shard", list[_Outcome]]:
+    """Schedule every chunk and wait for all of them; rows claimed by another chunk run once more."""
+    logger = get_run_logger()
+    expected = manifest_rows(setup.manifest)
+    sharding = options.sharding
+    chunks = plan_chunks(expected, sharding.chunk_size)
+    logger.info(
+        "%d row(s) of %s in %d chunk(s) of up to %d, on deployment %s",
+        len(expected),
+        options.manifest,
+        len(chunks),
+        sharding.chunk_size,
+        sharding.deployment,
+    )
+    released = await release_claims_of_finished_runs(setup.storage, client)
+    if released:
+        logger.info("removed %d claim(s) held by flow runs that are over", released)
+    shard = _Shard(
+        client, setup.storage, sharding, _chunk_parameters(options), current_run.get_name() or "hy3d"
+    )
+    interruption.on_stop(shard.stop)
+    outcomes = await shard.run(chunks, len(chunks))
+    # Two chunks holding the same image under different ids: one paid, the other saw the claim.
+    # Now that every chunk is over, those rows are run once more; they resume, paying nothing.
+    claimed = sorted(
+        item.row
+        for outcome in outcomes
+        if outcome.summary is not None
+        for item in outcome.summary.items
+        if item.status is ItemStatus.claimed_elsewhere
+    )
+    if claimed and shard.stop_reason is None:
+        again = Chunk(index=len(chunks) + 1, rows=tuple(claimed), note="rows claimed by another chunk")
+        logger.info("%d row(s) were claimed by another chunk; running them again", len(claimed))
+        outcomes += await shard.run([again], len(chunks) + 1)
+    return shard, outcomes
+
+
+def _summarize(
+    options: ShardedRunOptions, setup: RunSetup, started_at: str, shard: "_Shard", outcomes: list[_Outcome]
+) -> "ShardedRunSummary":
+    expected = manifest_rows(setup.manifest)
+    items, problems, stop_reason, cost, refund = _aggregate(outcomes, expected)
+    warnings = [str(warning) for warning in setup.manifest.warnings]
+    base = RunSummary.build(
+        manifest=options.manifest,
+        output=options.output,
+        model=options.model,
+        flow_run_id=current_run.get_id(),
+        started_at=started_at,
+        items=items,
+        problems=problems + [warning for warning in warnings if warning not in problems],
+        stop_reason=shard.stop_reason or stop_reason,
+        cost_usd=cost,
+        refund_usd=refund,
+    )
+    summary = ShardedRunSummary(
+        **base.model_dump(),
+        deployment=options.sharding.deployment,
+        chunk_size=options.sharding.chunk_size,
+        chunks=sorted((outcome.result for outcome in outcomes), key=lambda result: result.index),
+    )
+    summary.summary_url = setup.storage.url(RUNS_FOLDER, summary.file_name)
+    return summary
+
+
+def _write_summary(storage: Storage, summary: RunSummary) -> None:
+    """``DEST/runs/<started>-<flow run>.json``."""
+    storage.write_json(summary.model_dump(mode="json"), RUNS_FOLDER, summary.file_name)

@@ -26,17 +26,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
     from prefect import State
-
-from hy3d.options import (
-    add_concurrency_options,
-    add_formats_options,
-    add_item_options,
-    add_key_value_option,
-    add_manifest_argument,
-    add_model_option,
-    add_resubmit_options,
-)
+from hy3d.options import add_option_flags, options_from_args
 from hy3d.prefect_env import apply_defaults
+
+if TYPE_CHECKING:
+    from flows.options import RunOptions, ShardedRunOptions
+    from flows.sharded import ShardedRunSummary
+    from tasks.settings import WaveSpeedSettings
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -49,33 +45,9 @@ class UsageError(Exception):
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    add_manifest_argument(parser)
-    parser.add_argument("--output", "-o", required=True, help="Destination: any fsspec URL or local folder.")
-    add_model_option(parser)
-    add_concurrency_options(parser)
-    add_item_options(parser)
-    parser.add_argument(
-        "--submits-per-minute",
-        type=int,
-        default=None,
-        help="Cap on submits per minute (WaveSpeed Bronze tier: 2). Default: no cap, 429s are retried.",
-    )
-    parser.add_argument(
-        "--task-runs",
-        choices=["auto", "per-step", "none"],
-        default="auto",
-        help="per-step: submit/wait/fetch are Prefect task runs; none: plain coroutines (large runs); "
-        "auto: per-step up to 250 items.",
-    )
-    parser.add_argument(
-        "--max-cost",
-        type=float,
-        default=None,
-        metavar="USD",
-        help="Refuse to start when the estimate exceeds USD; stop submitting when spending would.",
-    )
-    add_resubmit_options(parser)
-    add_formats_options(parser)
+    from flows.options import RunOptions
+
+    add_option_flags(parser, RunOptions)
     parser.add_argument(
         "--verbose",
         "-v",
@@ -100,30 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(run)
 
-    from hy3d.sharded import add_arguments as add_sharded_arguments
-
-    add_sharded_arguments(
-        commands.add_parser(
-            "run-sharded",
-            help="Run the flow over a manifest in chunks, each a flow run on a Prefect work pool.",
-            description="Cut MANIFEST into chunks and run each as a flow run of a deployment (default "
-            "hunyuan3d-meshes/on-demand) on its work pool, then aggregate. Needs PREFECT_API_URL (the "
-            "workers' server). Exit 0 when every item landed, 1 when any did not, 2 for configuration.",
-        )
+    sharded = commands.add_parser(
+        "run-sharded",
+        help="Run the flow over a manifest in chunks, each a flow run on a Prefect work pool.",
+        description="Cut MANIFEST into chunks and run each as a flow run of a deployment (default "
+        "hunyuan3d-meshes/on-demand) on its work pool, then aggregate. Needs PREFECT_API_URL (the "
+        "workers' server). Exit 0 when every item landed, 1 when any did not, 2 for configuration.",
     )
+    from flows.options import ShardedRunOptions
+
+    add_option_flags(sharded, ShardedRunOptions)
 
     estimate = commands.add_parser(
         "estimate",
         help="Print what a run would pay for, before paying anything.",
         description="Count the items a run of MANIFEST would pay for (after what is already done in "
         "--output, resumable or cached), the price per item from WaveSpeed, the total, and the account "
-        "balance. Reads WAVESPEED_API_KEY and WAVESPEED_BASE_URL.",
+        "balance. Takes the flags of `hy3d run` (--output optional). Reads WAVESPEED_API_KEY and "
+        "WAVESPEED_BASE_URL.",
     )
-    add_manifest_argument(estimate)
-    estimate.add_argument("--output", "-o", default=None, help="The output a run would write to (optional).")
-    add_model_option(estimate)
-    add_key_value_option(estimate, "--input", dest="inputs")
-    add_key_value_option(estimate, "--storage-option", dest="storage_options")
+    from flows.options import RunOptions
+
+    add_option_flags(estimate, RunOptions, all_optional=True)  # the flags of `hy3d run`, --output optional
 
     demo = commands.add_parser(
         "demo",
@@ -164,193 +134,126 @@ def _print_summary(summary: Any, *, list_skipped: bool = True) -> None:
     print_summary(summary, terminal=use_terminal(), list_skipped=list_skipped)
 
 
-def run_flow(
-    manifest: str,
-    output: str,
-    *,
-    model: str,
-    concurrency: int,
-    storage_options: dict[str, Any],
-    queue_headroom: int | None = None,
-    inputs: dict[str, Any],
-    wait_timeout_s: float | None,
-    retry_failed: bool = False,
-    resubmit_unknown: bool = False,
-    submits_per_minute: int | None = None,
-    max_cost: float | None = None,
-    task_runs: str = "auto",
-    formats: tuple[str, ...] = ("glb",),
-    web_texture_px: int = 1024,
-    max_faces: int | None = None,
-    verbose: bool = False,
-) -> int:
-    """Check configuration up front (exit 2, one line), then run the flow and map its outcome.
-
-    What the flow would stop on is checked here first, the API key and root last (one request):
-    a configuration error costs no other request and does not wait for Prefect to start."""
+def run_flow(options: RunOptions, *, verbose: bool = False) -> int:
+    """Check configuration up front (exit 2, one line), then run the flow and map its outcome."""
     apply_defaults()
-    from flows.manifest import load_manifest
-    from tasks.errors import (
-        DeliverablesUnavailableError,
-        InvalidSettingsError,
-        ManifestError,
-        MissingAPIKeyError,
-        OutputNotWritableError,
-        UnknownFormatError,
-        UnknownModelError,
-    )
-    from tasks.models import check_model
-    from tasks.settings import load_settings
-
-    if concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
-    if queue_headroom is not None and queue_headroom < 0:
-        raise UsageError("--queue-headroom must not be negative")
-    if max_cost is not None and max_cost < 0:
-        raise UsageError("--max-cost must not be negative")
-    if submits_per_minute is not None and submits_per_minute < 1:
-        raise UsageError("--submits-per-minute must be at least 1")
-    from tasks.deliverables import DeliverableSettings
-    from tasks.deliverables import check_available as check_formats
-
-    try:
-        check_formats(DeliverableSettings.from_parameters(formats, web_texture_px, max_faces))
-    except (DeliverablesUnavailableError, UnknownFormatError) as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        settings = load_settings()
-        settings.require_api_key()
-    except (MissingAPIKeyError, InvalidSettingsError) as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        spec = check_model(model)
-    except UnknownModelError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        load_manifest(
-            manifest,
-            storage_options,
-            known_fields=spec.option_fields,
-            primary=spec.primary,
-            image_columns=spec.extra_image_columns,
-        )
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from exc
-
-    from tasks.storage import writable_storage
-
-    try:
-        writable_storage(output, storage_options)
-    except OutputNotWritableError as exc:
-        raise UsageError(str(exc)) from exc
-    _check_api(settings)
-
+    _check_before_prefect(options)
     # Prefect only now: importing it takes seconds, starting a server more.
     from hy3d.prefect_env import prefect_api
     from tasks.errors import PrefectUnavailableError
 
     try:
         with prefect_api(say=_say):
-            return _run_flow(
-                manifest=manifest,
-                output=output,
-                model=model,
-                concurrency=concurrency,
-                queue_headroom=queue_headroom,
-                storage_options=storage_options,
-                inputs=inputs,
-                wait_timeout_s=wait_timeout_s,
-                retry_failed=retry_failed,
-                resubmit_unknown=resubmit_unknown,
-                submits_per_minute=submits_per_minute,
-                max_cost=max_cost,
-                task_runs=task_runs,
-                formats=formats,
-                web_texture_px=web_texture_px,
-                max_faces=max_faces,
-                verbose=verbose,
-            )
+            return _run_flow(options, verbose=verbose)
     except PrefectUnavailableError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _check_before_prefect(options: RunOptions) -> None:
+    """What the flow would stop on, checked here first, the API key and root last (one request): a
+    configuration error costs no other request and does not wait for Prefect to start."""
+    from flows.checks import check_options, read_manifest
+    from tasks.errors import ConfigurationError
+    from tasks.settings import load_settings
+    from tasks.storage import writable_storage
+
+    try:
+        spec, _ = check_options(options)
+        settings = None if options.advanced.credentials_block else load_settings()
+        if settings is not None:
+            settings.require_api_key()
+        read_manifest(options, spec)
+        writable_storage(options.output, options.advanced.storage_options)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from exc
+    if settings is not None:  # a Credentials block is read by the flow, on the Prefect server
+        _check_api(settings)
 
 
 def _say(line: str) -> None:
     print(f"hy3d: {line}", file=sys.stderr, flush=True)
 
 
-def _run_flow(
-    *,
-    manifest: str,
-    output: str,
-    model: str,
-    concurrency: int,
-    storage_options: dict[str, Any],
-    queue_headroom: int | None,
-    inputs: dict[str, Any],
-    wait_timeout_s: float | None,
-    retry_failed: bool,
-    resubmit_unknown: bool,
-    submits_per_minute: int | None,
-    max_cost: float | None,
-    task_runs: str,
-    formats: tuple[str, ...],
-    web_texture_px: int,
-    max_faces: int | None,
-    verbose: bool,
-) -> int:
+def _run_flow(options: RunOptions, *, verbose: bool) -> int:
+    from flows.hunyuan3d import generate_meshes
+    from flows.options import flow_parameters
+    from hy3d.progress import run_display, use_terminal
+
+    with run_display(verbose=verbose, terminal=use_terminal()):
+        state = _final_state(generate_meshes(**flow_parameters(options), return_state=True))
+    return state if isinstance(state, int) else _exit_code(state, _print_summary)
+
+
+def run_sharded(options: ShardedRunOptions) -> int:
+    """The sharded flow, run from this process; its chunks run on the deployment's work pool."""
+    apply_defaults()
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UsageError(
+            "set PREFECT_API_URL to the Prefect server your workers poll: the chunks run on its work pool"
+        )
+    from flows.options import flow_parameters
+    from flows.sharded import generate_meshes_sharded
+
+    try:
+        state = _final_state(generate_meshes_sharded(**flow_parameters(options), return_state=True))
+    except Exception as exc:  # the server unreachable, refused... one line, not a traceback
+        raise UsageError(f"the sharded run could not start: {type(exc).__name__}: {exc}") from exc
+    return state if isinstance(state, int) else _exit_code(state, _print_sharded_summary)
+
+
+def _final_state(run: Any) -> State[Any] | int:
+    """Run a flow (the coroutine of a ``return_state=True`` call): its final state, or the exit code
+    of a SIGTERM that came before or after its items, where Prefect handles it."""
     from prefect.exceptions import TerminationSignal
 
-    from flows.hunyuan3d import generate_meshes
+    try:
+        return asyncio.run(cast("Coroutine[Any, Any, State[Any]]", run))
+    except TerminationSignal:
+        print(INTERRUPTED.format("SIGTERM"), file=sys.stderr)
+        return EXIT_SIGTERM
+
+
+def _exit_code(state: State[Any], show: Callable[..., None]) -> int:
+    """The exit code of a flow's final state, its summary printed by ``show``."""
     from flows.interrupt import exit_code
     from flows.records import RunFailedError, RunInterruptedError, RunSummary
 
-    run = cast(
-        "Coroutine[Any, Any, State[Any]]",
-        generate_meshes(
-            manifest=manifest,
-            output=output,
-            model=model,
-            concurrency=concurrency,
-            queue_headroom=queue_headroom,
-            storage_options=storage_options or None,
-            inputs=inputs or None,
-            wait_timeout_s=wait_timeout_s,
-            retry_failed=retry_failed,
-            resubmit_unknown=resubmit_unknown,
-            submits_per_minute=submits_per_minute,
-            max_cost=max_cost,
-            task_runs=task_runs,
-            formats=formats,
-            web_texture_px=web_texture_px,
-            max_faces=max_faces,
-            return_state=True,
-        ),
-    )
-    from hy3d.progress import run_display, use_terminal
-
-    try:
-        with run_display(verbose=verbose, terminal=use_terminal()):
-            state = asyncio.run(run)
-    except TerminationSignal:  # SIGTERM before or after the flow's items, where Prefect handles it
-        print(INTERRUPTED.format("SIGTERM"), file=sys.stderr)
-        return EXIT_SIGTERM
     result = asyncio.run(state.aresult(raise_on_failure=False)) if state.data is not None else None
     if isinstance(result, RunSummary):
-        _print_summary(result)
+        show(result)
         return EXIT_OK
     if isinstance(result, RunInterruptedError):
-        _print_summary(result.summary, list_skipped=False)
+        show(result.summary, list_skipped=False)
         print(f"hy3d: {result}", file=sys.stderr)
         return exit_code(result.signum)
     if isinstance(result, RunFailedError):
-        _print_summary(result.summary)
+        show(result.summary)
         if result.summary.stop_reason:
             raise UsageError(result.summary.stop_reason)
         return EXIT_ITEMS_FAILED
     raise UsageError(state.message or f"the flow ended {state.name}")
 
 
-def _check_api(settings: Any) -> None:
+def _print_sharded_summary(summary: ShardedRunSummary, *, list_skipped: bool = True) -> None:
+    from flows.records import ItemStatus, not_landed_lines
+
+    print(summary.headline())
+    for chunk in summary.chunks:
+        print(f"  {chunk.describe()}")
+    items = [item for item in summary.items if list_skipped or item.status is not ItemStatus.skipped]
+    for line in not_landed_lines(items):
+        print(f"  {line}")
+    if summary.cost_line():
+        print(summary.cost_line())
+    for advice in summary.advice:
+        print(f"- {advice}")
+    if summary.summary_url:
+        print(f"summary: {summary.summary_url}")
+
+
+def _check_api(settings: WaveSpeedSettings) -> None:
     """The flow's first request, made here: a wrong key or an API root that cannot be reached is
     one line (exit 2) within seconds."""
     from tasks.client import WaveSpeedClient
@@ -369,36 +272,14 @@ def _check_api(settings: Any) -> None:
         raise UsageError(str(exc)) from exc
 
 
-def run_estimate(args: argparse.Namespace) -> int:
+def run_estimate(options: RunOptions) -> int:
     apply_defaults()
     from hy3d.estimate import estimate_manifest
-    from tasks.errors import (
-        InvalidSettingsError,
-        ManifestError,
-        MissingAPIKeyError,
-        UnknownModelError,
-        WaveSpeedError,
-    )
-    from tasks.settings import load_settings
+    from tasks.errors import ConfigurationError, WaveSpeedError
 
     try:
-        load_settings().require_api_key()
-        estimate, rejected = asyncio.run(
-            estimate_manifest(
-                args.manifest,
-                model=args.model,
-                output=args.output,
-                inputs=dict(args.inputs),
-                storage_options=dict(args.storage_options),
-            )
-        )
-    except (
-        MissingAPIKeyError,
-        InvalidSettingsError,
-        UnknownModelError,
-        ManifestError,
-        WaveSpeedError,
-    ) as exc:
+        estimate, rejected = asyncio.run(estimate_manifest(options))
+    except (ConfigurationError, WaveSpeedError) as exc:
         raise UsageError(str(exc)) from exc
     for line in estimate.lines():
         print(line)
@@ -439,36 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return run_flow(
-                args.manifest,
-                args.output,
-                model=args.model,
-                concurrency=args.concurrency,
-                queue_headroom=args.queue_headroom,
-                storage_options=dict(args.storage_options),
-                inputs=dict(args.inputs),
-                wait_timeout_s=args.wait_timeout,
-                retry_failed=args.retry_failed,
-                resubmit_unknown=args.resubmit_unknown,
-                submits_per_minute=args.submits_per_minute,
-                max_cost=args.max_cost,
-                task_runs=args.task_runs,
-                formats=args.formats,
-                web_texture_px=args.web_texture_px,
-                max_faces=args.max_faces,
-                verbose=args.verbose,
-            )
-        if args.command == "run-sharded":
-            from hy3d.sharded import run_from_args
-
-            return run_from_args(args)
-        if args.command == "estimate":
-            return run_estimate(args)
+        if args.command in ("run", "estimate", "run-sharded"):
+            return _run_command(args)
         if args.command == "demo":
             from hy3d.demo import run_demo
 
-            return run_demo(args.output, latency_s=args.latency)
+            return run_demo(args.output, latency_s=args.latency, run=run_flow)
         if args.command == "emulator":
             from emulator.cli import serve
 
@@ -483,6 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SIGINT
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """``run``, ``estimate`` (the flags of ``run``, ``--output`` optional) or ``run-sharded``."""
+    from flows.options import RunOptions, ShardedRunOptions
+
+    try:
+        if args.command == "run-sharded":
+            return run_sharded(options_from_args(ShardedRunOptions, args))
+        options = options_from_args(RunOptions, args, output="")
+    except ValueError as exc:  # an option out of bounds, named by its flag
+        raise UsageError(str(exc)) from exc
+    return run_estimate(options) if args.command == "estimate" else run_flow(options, verbose=args.verbose)
 
 
 def run_then_exit_quickly(run: Callable[[], int]) -> NoReturn:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 SAMPLES = Path(__file__).parent / "samples"
 
 
-def run_demo(output: str, *, latency_s: float) -> int:
+def run_demo(output: str, *, latency_s: float, run: Callable[..., int]) -> int:
+    """Run the flow with ``run`` (``hy3d.cli.run_flow``) over the samples, against an emulator."""
     from emulator import EmulatorConfig, EmulatorServer
-    from hy3d.cli import run_flow
+    from flows.options import RunOptions
 
     destination = Path(output).resolve()
     # The realistic profile: answers shaped as the real service's (nulls, signed URLs, object outputs).
@@ -20,15 +22,7 @@ def run_demo(output: str, *, latency_s: float) -> int:
         # The flow reads its settings from the environment, as in production; point it at the emulator.
         os.environ["WAVESPEED_BASE_URL"] = server.url
         os.environ["WAVESPEED_API_KEY"] = server.api_key
-        code = run_flow(
-            str(SAMPLES / "manifest.csv"),
-            str(destination),
-            model="wavespeed-ai/hunyuan3d/v2-mini",
-            concurrency=2,
-            storage_options={},
-            inputs={},
-            wait_timeout_s=None,
-        )
+        code = run(RunOptions(manifest=str(SAMPLES / "manifest.csv"), output=str(destination)))
     meshes = sorted(destination.glob("*/mesh.glb"))
     print(f"\n{len(meshes)} meshes in {destination}:")
     for mesh in meshes:

@@ -1,27 +1,26 @@
-"""Command-line options shared by ``hy3d run``, ``hy3d run-sharded`` and ``hy3d estimate``.
+"""The CLI's flags, made from the flows' option models (:mod:`flows.options`).
 
-Each helper adds options that stand together in every command that has them, so each command's
-``--help`` keeps its own order; where a command words an option's help its own way (per chunk, per
-run), the text is an argument, ``hy3d run``'s being the default. Importing this does not import Prefect.
+Every option becomes ``--its-name`` (a trailing ``_s`` dropped: ``--wait-timeout``) with the model's
+type, description and default; a dict option is a repeatable ``--singular KEY=VALUE``
+(``--storage-option``, ``--input``); a list a comma-separated value. Flags left out are absent from
+the parsed namespace, so the model's own defaults apply, and the model checks every bound: an
+option is declared once. Importing this does not import Prefect.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import types
+from collections.abc import Iterator
+from typing import Any, Literal, Union, get_args, get_origin
 
-MANIFEST_HELP = "CSV, JSONL or TXT manifest, a folder, or a glob (any fsspec URL)."
-STORAGE_OPTION_HELP = (
-    "fsspec option for manifest, images and output, e.g. endpoint_url=http://... (repeatable; "
-    "VALUE is parsed as JSON when it can be)."
-)
-RETRY_FAILED_HELP = (
-    "Submit again predictions that failed with a transient code (5000/5003/5004). Billed again."
-)
-RESUBMIT_UNKNOWN_HELP = (
-    "Submit again items whose earlier submit may have been accepted (timeout, 502/504). May bill twice."
-)
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from flows.options import FlowOptions, Options, from_flat
+
+SHORT_FLAGS = {"output": "-o"}
 
 
 def key_value(text: str) -> tuple[str, Any]:
@@ -36,101 +35,87 @@ def key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def add_key_value_option(
-    parser: argparse.ArgumentParser, flag: str, *, dest: str, help: str | None = None
+def flag_name(name: str, info: FieldInfo) -> str:
+    """``wait_timeout_s`` -> ``--wait-timeout``; ``storage_options`` (a dict) -> ``--storage-option``."""
+    stem = name.removesuffix("_s")
+    if _origin(info.annotation) is dict:
+        stem = stem.removesuffix("s")
+    return "--" + stem.replace("_", "-")
+
+
+def option_fields(options: type[FlowOptions]) -> Iterator[tuple[str, FieldInfo]]:
+    """Every option of a flow, its groups' fields in place of the groups, in the form's order."""
+    for name, info in options.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            yield from group.model_fields.items()
+        else:
+            yield name, info
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser, options: type[FlowOptions], *, all_optional: bool = False
 ) -> None:
-    """A repeatable ``FLAG KEY=VALUE`` collected as a list of pairs in ``dest`` (``dict()`` it)."""
-    parser.add_argument(
-        flag, dest=dest, action="append", type=key_value, default=[], metavar="KEY=VALUE", help=help
-    )
+    """One flag per option of ``options`` (``manifest`` a positional argument). With
+    ``all_optional``, no flag is required (``hy3d estimate`` takes the flags of ``hy3d run``)."""
+    for name, info in option_fields(options):
+        if name == "manifest":
+            parser.add_argument("manifest", help=info.description)
+            continue
+        flags = [flag_name(name, info), *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+        kind = _kind(info)
+        if all_optional:
+            kind.pop("required", None)
+        parser.add_argument(*flags, dest=name, help=_help(info), **kind)
 
 
-def add_manifest_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", help=MANIFEST_HELP)
-
-
-def add_model_option(parser: argparse.ArgumentParser) -> None:
-    from tasks.settings import DEFAULT_MODEL
-
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"WaveSpeed model id (default {DEFAULT_MODEL})."
-    )
-
-
-def add_concurrency_options(parser: argparse.ArgumentParser, *, per: str = "") -> None:
-    """``--concurrency`` (the account's slots to keep busy) and ``--queue-headroom``."""
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=2,
-        help=f"Predictions WaveSpeed processes at once{per}: your account's concurrent task limit "
-        "(Bronze 2, Silver 300, Gold 3000; default 2).",
-    )
-    parser.add_argument(
-        "--queue-headroom",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"Predictions submitted beyond --concurrency{per}, queued by WaveSpeed until a slot frees, so "
-        "the account never idles between items (default: half of --concurrency, rounded up; 0: none).",
-    )
-
-
-def add_item_options(
-    parser: argparse.ArgumentParser, *, storage_option_help: str = STORAGE_OPTION_HELP
-) -> None:
-    """``--storage-option``, ``--input`` and ``--wait-timeout``: how every item is read and run."""
-    add_key_value_option(parser, "--storage-option", dest="storage_options", help=storage_option_help)
-    add_key_value_option(
-        parser, "--input", dest="inputs", help="Extra model input applied to every item (repeatable)."
-    )
-    parser.add_argument("--wait-timeout", type=float, default=None, help="Deadline per prediction, seconds.")
-
-
-def add_resubmit_options(
-    parser: argparse.ArgumentParser,
-    *,
-    retry_failed_help: str = RETRY_FAILED_HELP,
-    resubmit_unknown_help: str = RESUBMIT_UNKNOWN_HELP,
-) -> None:
-    """``--retry-failed`` and ``--resubmit-unknown``: the two ways to pay again, both off by default."""
-    parser.add_argument("--retry-failed", action="store_true", help=retry_failed_help)
-    parser.add_argument("--resubmit-unknown", action="store_true", help=resubmit_unknown_help)
-
-
-def _formats(text: str) -> tuple[str, ...]:
-    from tasks.deliverables import parse_formats
-    from tasks.errors import UnknownFormatError
-
+def options_from_args(options: type[Options], args: argparse.Namespace, **fallbacks: Any) -> Options:
+    """The options the flags give (the rest: ``fallbacks``, then the model's defaults). Raises
+    ValueError in one line naming the flag, for a value the model refuses."""
+    fields = dict(option_fields(options))
+    given = {**fallbacks, **{name: value for name, value in vars(args).items() if name in fields}}
+    for name, value in given.items():
+        if _origin(fields[name].annotation) is dict:
+            given[name] = dict(value)
     try:
-        return ("glb", *parse_formats(text))
-    except UnknownFormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+        return from_flat(options, given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][-1] if isinstance(error["loc"][-1], str) else error["loc"][-2])
+        flag = flag_name(name, fields[name]) if name in fields else name
+        raise ValueError(f"{flag}: {error['msg']}") from exc
 
 
-def add_formats_options(parser: argparse.ArgumentParser) -> None:
-    """``--formats``, ``--web-texture-px`` and ``--max-faces``: the files delivered per item."""
-    parser.add_argument(
-        "--formats",
-        type=_formats,
-        default=("glb",),
-        metavar="glb,web,usdz,stl,obj",
-        help="Files per item (default glb: mesh.glb, always kept as WaveSpeed made it): web = mesh.web.glb "
-        "(meshopt, WebP, for web pages), usdz = mesh.usdz (AR Quick Look), stl = mesh.stl, obj = "
-        "mesh.obj.zip. Items already done get the ones they lack, paying nothing. usdz needs the extra "
-        "prefect-hunyuan3d[formats]; web needs gltfpack (python3 tools/formats_npm.py).",
-    )
-    parser.add_argument(
-        "--web-texture-px",
-        type=int,
-        default=1024,
-        metavar="PX",
-        help="Web GLB: textures at most PX on their longer side (default 1024).",
-    )
-    parser.add_argument(
-        "--max-faces",
-        type=int,
-        default=None,
-        metavar="N",
-        help="Web GLB and USDZ: simplify meshes with more faces to N (default: keep all).",
-    )
+def _origin(annotation: Any) -> Any:
+    """What an option holds, ``None`` taken out: ``int | None`` -> ``int``, ``dict[str, Any]`` -> ``dict``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    return get_origin(annotation) or annotation
+
+
+def _kind(info: FieldInfo) -> dict[str, Any]:
+    """argparse's keywords for an option: how its value is read, its choices, whether required."""
+    origin = _origin(info.annotation)
+    kind: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if info.is_required():
+        kind["required"] = True
+    if origin is bool:
+        kind["action"] = "store_true"
+    elif origin is dict:
+        kind.update(action="append", type=key_value, metavar="KEY=VALUE")
+    elif origin is Literal:
+        kind["choices"] = list(get_args(info.annotation))
+    elif origin in (int, float):
+        kind["type"] = origin
+    elif origin in (list, tuple):
+        kind["metavar"] = "A,B,..."  # split by the model
+    return kind
+
+
+def _help(info: FieldInfo) -> str:
+    text = info.description or ""
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if default not in (None, False, (), [], {}):
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text += f" (default {shown})"
+    return text.replace("%", "%%")

@@ -31,6 +31,9 @@ from typing import Any
 
 import pytest
 
+# The flow is imported before any test captures stdout: the log handlers Prefect sets up on the way
+# keep the real streams, not a capture that the next test finds closed.
+import flows.hunyuan3d  # noqa: F401
 from emulator import EmulatorConfig, EmulatorServer
 from tasks import retrying
 
@@ -159,13 +162,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def run_flow(**parameters: Any) -> tuple[Any, Any]:
-    """Run the flow in-process; return (final state, RunSummary or the exception it carries)."""
+def run_flow(**options: Any) -> tuple[Any, Any]:
+    """Run the flow in-process with options named flat (``retry_failed=True``: the flow gets
+    ``limits={"retry_failed": True}``); return (final state, RunSummary or the exception it carries)."""
     from flows.hunyuan3d import generate_meshes
+    from flows.options import RunOptions, grouped
     from flows.records import RunFailedError
 
     async def go() -> tuple[Any, Any]:
-        state = await generate_meshes(**parameters, return_state=True)
+        state = await generate_meshes(**grouped(RunOptions, options), return_state=True)
         result = await state.aresult(raise_on_failure=False)
         return state, result.summary if isinstance(result, RunFailedError) else result
 

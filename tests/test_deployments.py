@@ -222,10 +222,18 @@ def test_run_form_schema_has_typed_described_parameters(deployed: Deployed, pref
         assert properties[name]["type"] == json_type, name
         assert (name in required) is is_required, name
     assert properties["concurrency"]["minimum"] == 1
-    # Optional (null: half of concurrency, rounded up), never negative.
-    assert properties["queue_headroom"]["description"]
-    assert {"type": "integer", "minimum": 0, "maximum": 10_000} in properties["queue_headroom"]["anyOf"]
     assert properties["model"]["default"] == "wavespeed-ai/hunyuan3d/v2-mini"
+    # A form a person can fill: at most 8 fields, manifest and output first; the rest in sections.
+    assert len(properties) <= 8
+    assert sorted(properties, key=lambda name: properties[name]["position"])[:2] == ["manifest", "output"]
+    sections = {name: properties[name]["$ref"].rsplit("/", 1)[-1] for name in ("limits", "advanced")}
+    limits = schema["definitions"][sections["limits"]]["properties"]
+    # Optional (null: half of concurrency, rounded up), never negative; every grouped field described.
+    assert limits["queue_headroom"]["description"]
+    assert {"type": "integer", "minimum": 0, "maximum": 10_000} in limits["queue_headroom"]["anyOf"]
+    for section in sections.values():
+        fields = schema["definitions"][section]["properties"]
+        assert [name for name, field in fields.items() if not field.get("description")] == [], section
 
 
 def test_worker_runs_on_demand_then_nightly_pays_only_for_new_images(
@@ -307,7 +315,12 @@ def test_cancelling_a_run_on_a_worker_stops_it_cleanly(
     count = 8
     manifest = write_csv(samples, distinct_images(samples, count))
     dest = tmp_path / "meshes"
-    parameters = {"manifest": str(manifest), "output": str(dest), "concurrency": 2, "queue_headroom": 0}
+    parameters = {
+        "manifest": str(manifest),
+        "output": str(dest),
+        "concurrency": 2,
+        "limits": {"queue_headroom": 0},
+    }
 
     async def start(client: PrefectClient) -> FlowRun:
         flow_run = await arun_deployment(ON_DEMAND, client=client, parameters=parameters, timeout=0)

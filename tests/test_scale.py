@@ -31,14 +31,8 @@ from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, tempor
 
 from emulator import EmulatorServer
 from flows.manifest import load_manifest
-from flows.sharded import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_DEPLOYMENT,
-    DEFAULT_IN_FLIGHT_LIMIT,
-    manifest_rows,
-    plan_chunks,
-)
-from hy3d import sharded as sharded_cli
+from flows.sharded import manifest_rows, plan_chunks
+from hy3d.cli import main as cli_main
 from tests.conftest import client_env, run_flow
 from tests.prefect_server import (
     PREFECT,
@@ -227,22 +221,24 @@ def test_chunks_are_cut_by_sorted_row_and_stable_across_runs(tmp_path: Path) -> 
     }
 
 
-def test_cli_defaults_match_the_flow_and_parse() -> None:
-    assert (
-        sharded_cli.DEFAULT_CHUNK_SIZE,
-        sharded_cli.DEFAULT_DEPLOYMENT,
-        sharded_cli.DEFAULT_IN_FLIGHT_LIMIT,
-    ) == (
-        DEFAULT_CHUNK_SIZE,
-        DEFAULT_DEPLOYMENT,
-        DEFAULT_IN_FLIGHT_LIMIT,
-    )
-    import argparse
+def test_cli_flags_parse_into_the_sharded_flows_options() -> None:
+    from flows.checks import shared_limits
+    from flows.options import ShardedRunOptions
+    from hy3d.cli import build_parser
+    from hy3d.options import options_from_args
 
-    parser = argparse.ArgumentParser()
-    sharded_cli.add_arguments(parser)
-    args = parser.parse_args(["m.csv", "-o", "out", "--chunk-size", "7", "--concurrency-limit-name", ""])
-    assert (args.chunk_size, args.concurrency_limit_name, args.deployment) == (7, "", DEFAULT_DEPLOYMENT)
+    flags = ["run-sharded", "m.csv", "-o", "out", "--chunk-size", "7", "--concurrency-limit-name", ""]
+    options = options_from_args(ShardedRunOptions, build_parser().parse_args(flags))
+    sharding, limits = options.sharding, options.limits
+    assert (sharding.chunk_size, limits.concurrency_limit_name, sharding.deployment) == (
+        7,
+        "",
+        "hunyuan3d-meshes/on-demand",
+    )
+    # '' runs the chunks without a shared in-flight cap; by default they share hy3d-in-flight.
+    assert shared_limits(limits).concurrency_limit_name is None
+    default = ShardedRunOptions(manifest="m.csv", output="out")
+    assert shared_limits(default.limits).concurrency_limit_name == "hy3d-in-flight"
 
 
 def test_rows_parameter_processes_only_those_rows(
@@ -277,16 +273,20 @@ def test_cli_configuration_errors_exit_2_in_one_line(
     images = make_images(tmp_path / "images", 1)
     manifest = str(write_manifest(tmp_path / "images", images))
 
+    command = ["run-sharded", manifest, "-o", str(tmp_path / "o")]
     with temporary_settings({PREFECT_API_URL: prefect_server}):
-        code = sharded_cli.run_sharded(manifest, str(tmp_path / "o"), deployment="nope/nope")
+        code = cli_main([*command, "--deployment", "nope/nope"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hy3d: error: deployment 'nope/nope' not found") and "\n" not in err
 
     with temporary_settings({PREFECT_API_URL: ""}):
-        assert sharded_cli.run_sharded(manifest, str(tmp_path / "o")) == 2
+        assert cli_main(command) == 2
     assert "PREFECT_API_URL" in capsys.readouterr().err
-    assert sharded_cli.run_sharded(manifest, str(tmp_path / "o"), chunk_size=0) == 2
+    assert cli_main([*command, "--chunk-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "hy3d: error: --chunk-size: Input should be greater than or equal to 1"
+    )
 
 
 def test_claims_of_runs_that_are_over_are_released(prefect_server: str, tmp_path: Path) -> None:
@@ -336,10 +336,9 @@ def test_parent_deployment_spreads_chunks_over_two_workers_under_the_global_cap(
     parameters = {
         "manifest": str(manifest),
         "output": str(dest),
-        "chunk_size": CHUNK,
         "concurrency": 5,  # per chunk, well over the cap
-        "concurrency_limit_name": limit,
-        "poll_interval_s": 1,
+        "sharding": {"chunk_size": CHUNK, "poll_interval_s": 1},
+        "limits": {"concurrency_limit_name": limit},
     }
 
     with (
@@ -379,8 +378,8 @@ def test_parent_deployment_spreads_chunks_over_two_workers_under_the_global_cap(
     assert set(children) == {chunk["flow_run_id"] for chunk in chunks}
     for chunk in chunks:
         child = children[chunk["flow_run_id"]]
-        assert child.parameters["concurrency_limit_name"] == limit
-        assert child.parameters["rows"] == list(range(chunk["first_row"], chunk["last_row"] + 1))
+        assert child.parameters["limits"]["concurrency_limit_name"] == limit
+        assert child.parameters["advanced"]["rows"] == list(range(chunk["first_row"], chunk["last_row"] + 1))
         assert child.parent_task_run_id is not None  # linked to the parent as a subflow run
         own = summary_of(dest, child.id)
         assert own["total"] == CHUNK and own["flow_run_id"] == str(child.id)
@@ -405,7 +404,8 @@ def test_killed_worker_chunks_are_given_up_and_a_rerun_pays_nothing_twice(
     command = [
         sys.executable,
         "-m",
-        "hy3d.sharded",
+        "hy3d.cli",
+        "run-sharded",
         str(manifest),
         "-o",
         str(dest),
@@ -493,7 +493,7 @@ def wait_for_paid_chunks_on(
             and not run.state.is_final()
         ]
         running = [run for run in mine if run.state is not None and run.state.is_running()]
-        rows = [row for run in running for row in run.parameters["rows"]]
+        rows = [row for run in running for row in run.parameters["advanced"]["rows"]]
         paid = all(emulator.stats.submits_for_image_bytes(images[row - 2].read_bytes()) == 1 for row in rows)
         try:
             entries = [json.loads(path.read_text()) for path in ledger.glob("*.json")]

@@ -1,0 +1,276 @@
+"""Every run option, declared once: its name, type, default, bounds and description.
+
+The flows' parameters (and so the Prefect UI's run form), the sharded flow's chunk parameters and the
+CLI's flags (:mod:`hy3d.options`) all come from these declarations. A flow's form shows the few
+fields a person changes — manifest, output, model, concurrency, budget, formats — and groups the
+rest into sections: ``limits`` (limits and retries), ``advanced`` and, for the sharded flow,
+``sharding``. Prefect renders each group as a nested form; Python callers pass a group as the model
+(``Limits(retry_failed=True)``) or as a dict (``{"retry_failed": True}``).
+
+Importing this does not import Prefect: the CLI builds its flags from it before anything slow starts.
+"""
+
+# No `from __future__ import annotations`: the flows' annotations are these objects themselves
+# (flow.serve() pickles the flows, deployments resolve their annotations at load time).
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from tasks.deliverables import DEFAULT_WEB_TEXTURE_PX, FormatName
+from tasks.models import KNOWN_MODELS
+from tasks.settings import DEFAULT_MODEL
+
+DEFAULT_CONCURRENCY = 2
+DEFAULT_FORMATS: tuple[FormatName, ...] = ("glb",)
+DEFAULT_DEPLOYMENT = "hunyuan3d-meshes/on-demand"
+# Above this many items a run does not create three task runs per item (docs/performance.md).
+AUTO_TASK_RUNS_MAX_ITEMS = 250
+# Above this many items thumbnails are not rendered as items land; the gallery fills them in later.
+AUTO_PREVIEWS_MAX_ITEMS = 100
+
+
+def _comma_separated(value: Any) -> Any:
+    """``"a,b"`` (a CLI flag, a UI text field) -> ``["a", "b"]``; lists pass through."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def _parameter(description: str, *, extra: dict[str, Any] | None = None, **bounds: Any) -> Any:
+    """A top-level flow parameter's Field. Prefect's parameter schema takes a parameter's description
+    from the flow's docstring (none there: null) but keeps ``json_schema_extra``: the description
+    goes there as well, so it is written once, here."""
+    return Field(
+        description=description, json_schema_extra={**(extra or {}), "description": description}, **bounds
+    )
+
+
+ManifestParam = Annotated[
+    str,
+    _parameter(
+        "Manifest URL or path: CSV/JSONL (column 'image', optional 'id'), TXT (one image per "
+        "line), a folder, or a glob such as s3://bucket/photos/*.png."
+    ),
+]
+OutputParam = Annotated[
+    str,
+    _parameter(
+        "Where meshes go: any fsspec URL (local path, s3://, gs://, az://, memory://); with "
+        "the sharded flow, one every worker can write."
+    ),
+]
+# A plain string checked in the flow's body (one clear error), offered as a choice in the UI form.
+ModelParam = Annotated[
+    str,
+    _parameter("WaveSpeed Hunyuan3D model id.", extra={"enum": sorted(KNOWN_MODELS)}),
+]
+ConcurrencyParam = Annotated[
+    int,
+    _parameter(
+        "Predictions WaveSpeed processes at once (per chunk in the sharded flow): your account's "
+        "concurrent task limit (Bronze 2, Silver 300, Gold 3000).",
+        ge=1,
+        le=10_000,
+    ),
+]
+MaxCostParam = Annotated[
+    float | None,
+    _parameter(
+        "Budget in USD: refuse to start when the estimate exceeds it, and stop submitting when "
+        "the run's spending would. Default: no budget.",
+        ge=0,
+    ),
+]
+FormatsParam = Annotated[
+    tuple[FormatName, ...],
+    BeforeValidator(_comma_separated),
+    _parameter(
+        "Files to deliver per item (a list, or 'glb,web,usdz'): glb (mesh.glb as WaveSpeed made "
+        "it, always kept), web (mesh.web.glb: meshopt-compressed, WebP textures), usdz (mesh.usdz for AR "
+        "Quick Look), stl (mesh.stl), obj (mesh.obj.zip). Items already done get the ones they lack, "
+        "without a WaveSpeed call. usdz needs the extra prefect-hunyuan3d[formats]; web needs gltfpack."
+    ),
+]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_Group):
+    """How fast and how far a run goes, and when it pays again."""
+
+    model_config = ConfigDict(title="Limits and retries")
+
+    queue_headroom: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="Predictions submitted beyond `concurrency`, queued by WaveSpeed until a slot frees, so "
+        "the account never idles while a finished one is downloaded (each is billed at its submit like any "
+        "other). Default: half of `concurrency`, rounded up; 0: never more than `concurrency`.",
+    )
+    submits_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on submits per minute (WaveSpeed Bronze tier: 2); shared by every chunk of a "
+        "sharded run. Default: no cap, 429s are retried.",
+    )
+    wait_timeout_s: float | None = Field(
+        None, gt=0, description="Deadline per prediction in seconds. Default: WAVESPEED_WAIT_TIMEOUT_S (900)."
+    )
+    retry_failed: bool = Field(
+        False,
+        description="Submit again predictions that failed with a transient code (5000/5003/5004). "
+        "Billed again.",
+    )
+    resubmit_unknown: bool = Field(
+        False,
+        description="Submit again items whose earlier submit may have been accepted (timeout, 502/504). "
+        "May bill twice.",
+    )
+    concurrency_limit_name: str | None = Field(
+        None,
+        description="Prefect global concurrency limit capping predictions in flight (queued ones included) "
+        "across runs, created with `concurrency` + headroom slots if missing. Default: this run's own cap "
+        "only; the sharded flow uses 'hy3d-in-flight' for all its chunks ('' for none).",
+    )
+    rate_limit_name: str | None = Field(
+        None,
+        description="Prefect global concurrency limit used as a shared submits-per-minute rate limit, "
+        "created from `submits_per_minute` if missing (the sharded flow's default: "
+        "'hy3d-submits-per-minute').",
+    )
+
+
+class Advanced(_Group):
+    """Storage, credentials, model inputs, the shape of the run in Prefect, deliverable settings."""
+
+    model_config = ConfigDict(title="Advanced")
+
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for the manifest, images and output (endpoint_url, key, secret...).",
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra model inputs applied to every item (e.g. seed)."
+    )
+    credentials_block: str | None = Field(
+        None, description="Name of a saved WaveSpeed Credentials block. Default: the WAVESPEED_* settings."
+    )
+    cache_storage_block: str | None = Field(
+        None,
+        description="Saved Prefect filesystem block ('remote-file-system/NAME') holding submit cache "
+        "records, so workers on different hosts share the never-pay-twice guarantee.",
+    )
+    task_runs: Literal["auto", "per-step", "none"] = Field(
+        "auto",
+        description="per-step: submit, wait and fetch are Prefect task runs (visible in the UI); none: plain "
+        f"coroutines, for runs larger than the server can record; auto: per-step up to "
+        f"{AUTO_TASK_RUNS_MAX_ITEMS} items.",
+    )
+    previews: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s CPU "
+        f"each); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run also fills in up to 200 missing "
+        "ones).",
+    )
+    web_texture_px: int = Field(
+        DEFAULT_WEB_TEXTURE_PX,
+        ge=16,
+        le=16384,
+        description="Web GLB: textures at most this many pixels on their longer side.",
+    )
+    max_faces: int | None = Field(
+        None,
+        ge=12,
+        description="Web GLB and USDZ: simplify meshes with more faces to this many. Default: all.",
+    )
+    rows: Annotated[list[int] | None, BeforeValidator(_comma_separated)] = Field(
+        None,
+        description="Only these manifest rows (row numbers as in the run summary). Default: every row. The "
+        "sharded flow hands each chunk its rows this way.",
+    )
+
+
+class Sharding(_Group):
+    """How the sharded flow cuts the manifest and watches its chunks."""
+
+    model_config = ConfigDict(title="Sharding")
+
+    chunk_size: int = Field(100, ge=1, le=100_000, description="Manifest rows per chunk, one flow run each.")
+    deployment: str = Field(
+        DEFAULT_DEPLOYMENT,
+        description="Deployment that runs each chunk ('flow/deployment'), on the work pool the workers poll.",
+    )
+    chunk_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Give a chunk up (its flow run set Crashed) when it has not finished this many seconds "
+        "after it started. Default: no limit; chunks whose worker stops heartbeating are given up anyway.",
+    )
+    poll_interval_s: float = Field(
+        5.0, gt=0, le=300, description="How often the parent checks on its chunks, in seconds."
+    )
+
+
+class FlowOptions(_Group):
+    """What both flows take: a flow's parameters are these fields, in this order."""
+
+    manifest: ManifestParam
+    output: OutputParam
+    model: ModelParam = DEFAULT_MODEL
+    concurrency: ConcurrencyParam = DEFAULT_CONCURRENCY
+
+
+class RunOptions(FlowOptions):
+    """The parameters of ``hunyuan3d-meshes``."""
+
+    max_cost: MaxCostParam = None
+    formats: FormatsParam = DEFAULT_FORMATS
+    limits: Limits = Limits()
+    advanced: Advanced = Advanced()
+
+
+class ShardedRunOptions(FlowOptions):
+    """The parameters of ``hunyuan3d-meshes-sharded``."""
+
+    formats: FormatsParam = DEFAULT_FORMATS
+    sharding: Sharding = Sharding()
+    limits: Limits = Limits()
+    advanced: Advanced = Advanced()
+
+
+Options = TypeVar("Options", bound=FlowOptions)
+
+
+def group_of(options: type[FlowOptions], name: str) -> str | None:
+    """The group field of ``options`` that holds the option ``name``; None for a top-level one."""
+    for field_name, info in options.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, _Group) and name in group.model_fields:
+            return field_name
+    return None
+
+
+def grouped(options: type[FlowOptions], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat names (``retry_failed=True``), as the CLI and scripts spell them, each put into its
+    group: ``{"limits": {"retry_failed": True}}``, the flow's parameters."""
+    parameters: dict[str, Any] = {}
+    for name, value in values.items():
+        group = group_of(options, name)
+        if group is None:
+            parameters[name] = value
+        else:
+            parameters.setdefault(group, {})[name] = value
+    return parameters
+
+
+def from_flat(options: type[Options], values: Mapping[str, Any]) -> Options:
+    """Options from flat names; raises pydantic's ValidationError naming the option."""
+    return options.model_validate(grouped(options, values))
+
+
+def flow_parameters(options: FlowOptions) -> dict[str, Any]:
+    """The keyword arguments of the flow these options are for."""
+    return {name: getattr(options, name) for name in type(options).model_fields}
