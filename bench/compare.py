@@ -50,8 +50,10 @@ submit). Targets are printed next to the figures, never asserted.
     uv run python bench/compare.py --preset ratio|throughput|polls|memory|history [--profile]
     uv run python bench/compare.py --n 300 --c 50 --latency 2 --jitter 0.2 --contenders flow,baseline
 
-A section is appended to bench/RESULTS.md (``--no-record`` to skip). Exit 0 when every contender
-landed every item, 1 otherwise.
+The run's section (``## Preset `NAME```; ``NAME+custom`` when --n, --c or --latency override the
+preset) replaces the one of the same name in bench/RESULTS.md, or is added at its end; earlier runs
+stay in git history (``--no-record`` to skip). Exit 0 when every contender landed every item, 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -1326,8 +1328,12 @@ def machine() -> str:
 
 
 def record(lines: list[str], path: Path) -> None:
-    existing = path.read_text() if path.exists() else "# bench/compare.py results\n"
-    path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines).rstrip("\n") + "\n")
+    """Write the section `lines` over the one with the same heading (lines[0]), else at the end."""
+    text = path.read_text() if path.exists() else "# bench/compare.py results\n"
+    sections = [s.strip("\n") for s in re.split(r"^(?=## )", text, flags=re.MULTILINE) if s.strip()]
+    at = next((i for i, s in enumerate(sections) if s.partition("\n")[0] == lines[0]), len(sections))
+    sections[at : at + 1] = ["\n".join(lines).strip("\n")]
+    path.write_text("\n\n".join(sections) + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1397,8 +1403,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=None, help="per contender, s (default 10x ideal+300)"
     )
     parser.add_argument("--history-settle", type=float, default=180.0, help="max s to wait for the server")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
-    parser.add_argument("--no-record", action="store_true", help="do not append to the results file")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="markdown file (its section of this preset is replaced)"
+    )
+    parser.add_argument(
+        "--no-record", action="store_true", help="do not write the section to the results file"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (inputs, outputs, logs)")
     parser.add_argument(
         "--no-warmup", action="store_true", help="skip the unmeasured 2-image run of each contender"
@@ -1546,12 +1556,11 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
         if "flow-adhoc" in args.contender_list:
             args.adhoc.stop()
 
-    title = (
-        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — preset `{preset.name}`: N={args.n}, C={args.c}, "
-        f"L={args.latency:g} s ± {args.jitter:g} s, {mesh}"
-    )
     lines = [
-        title,
+        f"## Preset `{preset.name}`",  # record() replaces the section with this heading
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code `{fingerprint.split()[1]}`: N={args.n}, C={args.c}, "
+        f"L={args.latency:g} s ± {args.jitter:g} s, {mesh}",
         "",
         f"- Command: `uv run python bench/compare.py {shlex.join(argv)}`",
         f"- Machine: {machine()}",
@@ -1624,7 +1633,7 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
     print("\n" + "\n".join(lines), flush=True)
     if not args.no_record:
         record(lines, args.results)
-        print(f"(appended to {args.results})")
+        print(f"(section {lines[0][3:]} written to {args.results})")
     return 0 if all(r.landed == args.n for r in results) else 1
 
 
