@@ -297,64 +297,12 @@ def build_gallery(storage: Storage, summary: RunSummary, *, max_backfill: int = 
         cached = cache.get("items") or {}
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        # Metadata: re-read only what changed since the cache was written.
-        ids = sorted(item_id for item_id, entry in entries.items() if entry.has(METADATA_FILE))
-        records: dict[str, dict[str, Any]] = {}
-        to_read = []
-        for item_id in ids:
-            previous = cached.get(item_id)
-            if isinstance(previous, dict) and previous.get("key") == entries[item_id].key(METADATA_FILE):
-                records[item_id] = previous
-            else:
-                to_read.append(item_id)
-        for item_id, metadata in zip(
-            to_read, pool.map(lambda i: storage.read_json(i, METADATA_FILE), to_read), strict=True
-        ):
-            if isinstance(metadata, dict):
-                records[item_id] = {
-                    "key": entries[item_id].key(METADATA_FILE),
-                    "card": _card_from_metadata(item_id, metadata),
-                    "source_checked": False,
-                    "assets_failed": None,  # {"mesh": key, "times": n}: tried n times in vain
-                }
-
-        # Backfill the per-item files of meshes that landed without them (before the gallery
-        # existed, or when write_preview was not called).
-        jobs = []
-        for item_id, record in records.items():
-            entry, card = entries[item_id], record["card"]
-            mesh_key = entry.key(MESH_FILE)
-            needs_assets = (
-                card["landed"]
-                and entry.has(MESH_FILE)
-                and _attempts(record, mesh_key) < MAX_ATTEMPTS
-                and (
-                    (entry.stale(PREVIEW_FILE) and _size(entry, MESH_FILE) <= PREVIEW_MAX_BYTES)
-                    or (entry.stale(SIDECAR_FILE) and _size(entry, MESH_FILE) <= MAX_SIDECAR_BYTES)
-                )
-            )
-            needs_source = (
-                not entry.has(SOURCE_FILE)
-                and not record.get("source_checked")
-                and card.get("source_kind") == "stored"
-            )
-            if needs_assets or needs_source:
-                jobs.append((item_id, needs_assets, needs_source))
+        records = _read_records(storage, pool, entries, cached)
+        jobs = _backfill_jobs(entries, records)
         backfill, left = jobs[:max_backfill], max(0, len(jobs) - max_backfill)
         if backfill:
             logger.info("gallery: writing previews/sidecars/sources for %d item(s)", len(backfill))
-        for (item_id, needs_assets, needs_source), done in zip(
-            backfill, pool.map(lambda job: _backfill(storage, job[0], job[1], job[2]), backfill), strict=True
-        ):
-            record, entry = records[item_id], entries[item_id]
-            if needs_assets and not done.get(PREVIEW_FILE):
-                mesh_key = entry.key(MESH_FILE)
-                record["assets_failed"] = {"mesh": mesh_key, "times": _attempts(record, mesh_key) + 1}
-            if needs_source:
-                record["source_checked"] = True
-            for name, made in done.items():
-                if made:
-                    entry.files[name] = {"size": 1}
+        _run_backfill(storage, pool, backfill, entries, records)
         if left:
             logger.info("gallery: %d item(s) still lack previews; the next gallery write continues", left)
 
@@ -380,6 +328,88 @@ def build_gallery(storage: Storage, summary: RunSummary, *, max_backfill: int = 
         backfilled=len(backfill),
         backfill_left=left,
     )
+
+
+# (item id, needs its preview and sidecar, needs its source.jpg)
+_BackfillJob = tuple[str, bool, bool]
+
+
+def _read_records(
+    storage: Storage, pool: ThreadPoolExecutor, entries: Mapping[str, _Entry], cached: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The cache record of every id with a ``metadata.json``, keyed by id: the cached one while the
+    metadata file is unchanged, else one made from the metadata read anew."""
+    ids = sorted(item_id for item_id, entry in entries.items() if entry.has(METADATA_FILE))
+    records: dict[str, dict[str, Any]] = {}
+    to_read = []
+    for item_id in ids:
+        previous = cached.get(item_id)
+        if isinstance(previous, dict) and previous.get("key") == entries[item_id].key(METADATA_FILE):
+            records[item_id] = previous
+        else:
+            to_read.append(item_id)
+    for item_id, metadata in zip(
+        to_read, pool.map(lambda i: storage.read_json(i, METADATA_FILE), to_read), strict=True
+    ):
+        if isinstance(metadata, dict):
+            records[item_id] = {
+                "key": entries[item_id].key(METADATA_FILE),
+                "card": _card_from_metadata(item_id, metadata),
+                "source_checked": False,
+                "assets_failed": None,  # {"mesh": key, "times": n}: tried n times in vain
+            }
+    return records
+
+
+def _backfill_jobs(
+    entries: Mapping[str, _Entry], records: Mapping[str, dict[str, Any]]
+) -> list[_BackfillJob]:
+    """The landed meshes that lack their per-item files (landed before the gallery existed, or
+    write_preview was not called), leaving out previews that failed too often and sizes that get none."""
+    jobs = []
+    for item_id, record in records.items():
+        entry, card = entries[item_id], record["card"]
+        mesh_key = entry.key(MESH_FILE)
+        needs_assets = (
+            card["landed"]
+            and entry.has(MESH_FILE)
+            and _attempts(record, mesh_key) < MAX_ATTEMPTS
+            and (
+                (entry.stale(PREVIEW_FILE) and _size(entry, MESH_FILE) <= PREVIEW_MAX_BYTES)
+                or (entry.stale(SIDECAR_FILE) and _size(entry, MESH_FILE) <= MAX_SIDECAR_BYTES)
+            )
+        )
+        needs_source = (
+            not entry.has(SOURCE_FILE)
+            and not record.get("source_checked")
+            and card.get("source_kind") == "stored"
+        )
+        if needs_assets or needs_source:
+            jobs.append((item_id, needs_assets, needs_source))
+    return jobs
+
+
+def _run_backfill(
+    storage: Storage,
+    pool: ThreadPoolExecutor,
+    jobs: list[_BackfillJob],
+    entries: Mapping[str, _Entry],
+    records: Mapping[str, dict[str, Any]],
+) -> None:
+    """Write the jobs' files; note in the records what failed or was checked, and in the entries
+    what now exists."""
+    for (item_id, needs_assets, needs_source), done in zip(
+        jobs, pool.map(lambda job: _backfill(storage, job[0], job[1], job[2]), jobs), strict=True
+    ):
+        record, entry = records[item_id], entries[item_id]
+        if needs_assets and not done.get(PREVIEW_FILE):
+            mesh_key = entry.key(MESH_FILE)
+            record["assets_failed"] = {"mesh": mesh_key, "times": _attempts(record, mesh_key) + 1}
+        if needs_source:
+            record["source_checked"] = True
+        for name, made in done.items():
+            if made:
+                entry.files[name] = {"size": 1}
 
 
 def _attempts(record: Mapping[str, Any], mesh_key: str | None) -> int:

@@ -383,72 +383,100 @@ async def process_item(ctx: RunContext, prepared: PreparedItem) -> ItemOutcome:
         started, started_at = time.monotonic(), utc_now()
         existing = await ctx.storage.small_io(already_done, ctx.storage, prepared)
         if existing is not None:
-            outcome.status = ItemStatus.already_done
-            outcome.prediction_id = (existing.get("prediction") or {}).get("id")
-            outcome.mesh = ctx.storage.url(item.id, MESH_FILE)
-            outcome.faces = (existing.get("mesh") or {}).get("faces")
-            if ctx.deliverer is not None:  # the formats it lacks, from its mesh: nothing to pay for
-                outcome.deliverables = await ctx.deliverer.add_to_existing(item.id, existing)
-            ctx.log_item("%s: already done, nothing to pay for", item.id)
+            await _note_already_done(ctx, outcome, existing)
             return outcome
 
-        result: PredictionResult | None = None
-        mesh: FetchedMesh | None = None
-        try:
-            result = await _shared_prediction(ctx, prepared)
-            prediction = result.prediction
-            outcome.prediction_id = prediction.id
-            if prediction.succeeded:
-                mesh = await _fetch_mesh(ctx, prediction, item.id)
-                outcome.status = ItemStatus.completed
-                outcome.mesh, outcome.faces = mesh.url, mesh.stats.faces
-            else:
-                outcome.status = ItemStatus.failed
-                outcome.error = prediction.error or f"prediction {prediction.status}"
-                outcome.error_code = prediction.code or None
-        except ClaimedElsewhereError as exc:
-            outcome.status, outcome.error = ItemStatus.claimed_elsewhere, str(exc)
-            return outcome  # the other run owns this item's files
-        except SubmitsStoppedError as exc:
-            outcome.error = f"not attempted: {exc}"
+        attempt = await _attempt(ctx, prepared, outcome)
+        if attempt is None:
             return outcome
-        except WaitAbandonedError as exc:
-            outcome.error, outcome.prediction_id = str(exc), exc.prediction_id
-        except BudgetExceededError as exc:
-            outcome.error = f"not submitted, over budget: {exc}"
-            return outcome
-        except AuthenticationError as exc:
-            ctx.stop(str(exc))
-            outcome.status, outcome.error = ItemStatus.error, str(exc)
-        except SubmitOutcomeUnknownError as exc:
-            outcome.status, outcome.error = ItemStatus.submit_unknown, str(exc)
-        except PredictionTimeoutError as exc:
-            outcome.status, outcome.error = ItemStatus.timeout, str(exc)
-            outcome.prediction_id = exc.prediction_id
-        except (WaveSpeedError, OSError, ValueError) as exc:
-            outcome.status, outcome.error = ItemStatus.error, _error_text(ctx, exc)
         outcome.seconds = round(time.monotonic() - started, 3)
-
-        if ctx.deliverer is not None and outcome.status is ItemStatus.completed:
-            outcome.deliverables = await ctx.deliverer.deliver(item.id)
-        document = _metadata(ctx, prepared, outcome, result, mesh, started_at)
-        try:
-            if outcome.status.landed or await ctx.storage.small_io(
-                _record_may_be_written, ctx.storage, item.id
-            ):
-                await ctx.storage.small_io(ctx.storage.write_json, document, item.id, METADATA_FILE)
-        except OSError as exc:
-            outcome.status = ItemStatus.error
-            outcome.error = f"could not write metadata: {_error_text(ctx, exc)}"
-        if ctx.previews and outcome.status is ItemStatus.completed:
-            # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
-            # never fails the item (it logs instead).
-            await asyncio.to_thread(write_preview, ctx.storage, item.id)
-        if outcome.status.landed:
-            ctx.log_item("%s: %s", item.id, outcome.status.value)
-        else:
-            ctx.logger.warning("%s: %s (%s)", item.id, outcome.status.value, outcome.error)
+        await _finish_item(ctx, prepared, outcome, attempt, started_at)
         return outcome
+
+
+async def _note_already_done(ctx: RunContext, outcome: ItemOutcome, existing: dict[str, Any]) -> None:
+    """Fill in the outcome of an item whose mesh an earlier run landed."""
+    outcome.status = ItemStatus.already_done
+    outcome.prediction_id = (existing.get("prediction") or {}).get("id")
+    outcome.mesh = ctx.storage.url(outcome.id, MESH_FILE)
+    outcome.faces = (existing.get("mesh") or {}).get("faces")
+    if ctx.deliverer is not None:  # the formats it lacks, from its mesh: nothing to pay for
+        outcome.deliverables = await ctx.deliverer.add_to_existing(outcome.id, existing)
+    ctx.log_item("%s: already done, nothing to pay for", outcome.id)
+
+
+@dataclass
+class _Attempt:
+    """What an item's prediction and fetch produced, as far as they got."""
+
+    result: PredictionResult | None = None
+    mesh: FetchedMesh | None = None
+
+
+async def _attempt(ctx: RunContext, prepared: PreparedItem, outcome: ItemOutcome) -> _Attempt | None:
+    """Get the item's prediction (shared, resumed or submitted) and fetch its mesh, setting the
+    outcome's status and error. None when the item is left without a record: not submitted, or
+    owned by another run."""
+    attempt = _Attempt()
+    try:
+        attempt.result = await _shared_prediction(ctx, prepared)
+        prediction = attempt.result.prediction
+        outcome.prediction_id = prediction.id
+        if prediction.succeeded:
+            attempt.mesh = await _fetch_mesh(ctx, prediction, outcome.id)
+            outcome.status = ItemStatus.completed
+            outcome.mesh, outcome.faces = attempt.mesh.url, attempt.mesh.stats.faces
+        else:
+            outcome.status = ItemStatus.failed
+            outcome.error = prediction.error or f"prediction {prediction.status}"
+            outcome.error_code = prediction.code or None
+    except ClaimedElsewhereError as exc:
+        outcome.status, outcome.error = ItemStatus.claimed_elsewhere, str(exc)
+        return None  # the other run owns this item's files
+    except SubmitsStoppedError as exc:
+        outcome.error = f"not attempted: {exc}"
+        return None
+    except WaitAbandonedError as exc:
+        outcome.error, outcome.prediction_id = str(exc), exc.prediction_id
+    except BudgetExceededError as exc:
+        outcome.error = f"not submitted, over budget: {exc}"
+        return None
+    except AuthenticationError as exc:
+        ctx.stop(str(exc))
+        outcome.status, outcome.error = ItemStatus.error, str(exc)
+    except SubmitOutcomeUnknownError as exc:
+        outcome.status, outcome.error = ItemStatus.submit_unknown, str(exc)
+    except PredictionTimeoutError as exc:
+        outcome.status, outcome.error = ItemStatus.timeout, str(exc)
+        outcome.prediction_id = exc.prediction_id
+    except (WaveSpeedError, OSError, ValueError) as exc:
+        outcome.status, outcome.error = ItemStatus.error, _error_text(ctx, exc)
+    return attempt
+
+
+async def _finish_item(
+    ctx: RunContext, prepared: PreparedItem, outcome: ItemOutcome, attempt: _Attempt, started_at: str
+) -> None:
+    """Write what the attempt produced next to its mesh: the other formats, ``metadata.json`` (unless
+    a failure would overwrite a landed mesh's), the gallery's files; then log the outcome."""
+    item_id = outcome.id
+    if ctx.deliverer is not None and outcome.status is ItemStatus.completed:
+        outcome.deliverables = await ctx.deliverer.deliver(item_id)
+    document = _metadata(ctx, prepared, outcome, attempt.result, attempt.mesh, started_at)
+    try:
+        if outcome.status.landed or await ctx.storage.small_io(_record_may_be_written, ctx.storage, item_id):
+            await ctx.storage.small_io(ctx.storage.write_json, document, item_id, METADATA_FILE)
+    except OSError as exc:
+        outcome.status = ItemStatus.error
+        outcome.error = f"could not write metadata: {_error_text(ctx, exc)}"
+    if ctx.previews and outcome.status is ItemStatus.completed:
+        # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
+        # never fails the item (it logs instead).
+        await asyncio.to_thread(write_preview, ctx.storage, item_id)
+    if outcome.status.landed:
+        ctx.log_item("%s: %s", item_id, outcome.status.value)
+    else:
+        ctx.logger.warning("%s: %s (%s)", item_id, outcome.status.value, outcome.error)
 
 
 def _error_text(ctx: RunContext, exc: BaseException) -> str:

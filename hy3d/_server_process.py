@@ -133,8 +133,32 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = bind(args.port)
     port = sock.getsockname()[1]
-    # Prefect's server settings, before Prefect is imported. The scheduler, late-run marker and
-    # worker foreman serve deployments and workers: ad-hoc runs have neither.
+    configure_prefect_server(port)
+    state = ServerState(
+        pid=os.getpid(),
+        port=port,
+        token=args.token,
+        started_at=time.time(),
+        prefect_version=version("prefect"),
+        idle_timeout_s=args.idle_timeout,
+        ui=ui_enabled(),
+    )
+    write_state(home, state)
+    print(f"bound 127.0.0.1:{port}, pid {os.getpid()}; starting Prefect {state.prefect_version}", flush=True)
+    try:
+        serve(sock, home, state, args.idle_timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            current = read_state(home)
+            if current is not None and current.token == state.token:
+                remove_state(home, state.token)
+        print("stopped", flush=True)
+    return 0
+
+
+def configure_prefect_server(port: int) -> None:
+    """Prefect's server settings, before Prefect is imported. The scheduler, late-run marker and
+    worker foreman serve deployments and workers: ad-hoc runs have neither."""
     os.environ.update(
         {
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
@@ -147,48 +171,39 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-    ui = os.environ.get("PREFECT_UI_ENABLED", os.environ.get("PREFECT_SERVER_UI_ENABLED", "true"))
-    state = ServerState(
-        pid=os.getpid(),
-        port=port,
-        token=args.token,
-        started_at=time.time(),
-        prefect_version=version("prefect"),
-        idle_timeout_s=args.idle_timeout,
-        ui=ui.strip().lower() not in ("0", "false", "no", "off"),
-    )
-    write_state(home, state)
-    print(f"bound 127.0.0.1:{port}, pid {os.getpid()}; starting Prefect {state.prefect_version}", flush=True)
-    try:
-        import uvicorn
-        from prefect.server.api.server import create_app
 
-        activity = Activity(create_app(final=True), {"pid": state.pid, "token": state.token})
-        config = uvicorn.Config(
-            activity,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
-        server = uvicorn.Server(config)
-        if args.idle_timeout > 0:
-            threading.Thread(
-                target=retire_when_idle,
-                args=(home, state.token, activity, args.idle_timeout, server),
-                name="hy3d-idle",
-                daemon=True,
-            ).start()
-        # uvicorn shuts down on SIGTERM, then raises it again with the handler found before: this one
-        # ends the process through `finally`.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        server.run(sockets=[sock])
-    finally:
-        with contextlib.suppress(Exception):
-            current = read_state(home)
-            if current is not None and current.token == state.token:
-                remove_state(home, state.token)
-        print("stopped", flush=True)
-    return 0
+
+def ui_enabled() -> bool:
+    """Whether Prefect's server will serve its UI, as its settings in the environment say."""
+    ui = os.environ.get("PREFECT_UI_ENABLED", os.environ.get("PREFECT_SERVER_UI_ENABLED", "true"))
+    return ui.strip().lower() not in ("0", "false", "no", "off")
+
+
+def serve(sock: socket.socket, home: Path, state: ServerState, idle_timeout_s: float) -> None:
+    """Serve Prefect's API and UI on ``sock`` until SIGTERM or, with a positive ``idle_timeout_s``,
+    until idle that long (:func:`retire_when_idle`)."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    activity = Activity(create_app(final=True), {"pid": state.pid, "token": state.token})
+    config = uvicorn.Config(
+        activity,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    if idle_timeout_s > 0:
+        threading.Thread(
+            target=retire_when_idle,
+            args=(home, state.token, activity, idle_timeout_s, server),
+            name="hy3d-idle",
+            daemon=True,
+        ).start()
+    # uvicorn shuts down on SIGTERM, then raises it again with the handler found before: this one
+    # ends the process through the `finally` of main.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -58,7 +58,7 @@ from tasks.webhooks import WebhookReceiver
 logger = logging.getLogger("hy3d.client")
 
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
-SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see __init__)
+SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see _http_clients)
 ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -196,6 +196,72 @@ class Price:
         return self.list_usd if self.discounted_usd is None else self.discounted_usd
 
 
+def _with_overrides(
+    settings: WaveSpeedSettings, api_key: str | SecretStr | None, base_url: str | None
+) -> WaveSpeedSettings:
+    """``settings`` with the key and API root given to the client instead, if any."""
+    updates: dict[str, Any] = {}
+    if api_key is not None:
+        updates["api_key"] = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+    if base_url is not None:
+        updates["base_url"] = base_url
+    return settings.model_copy(update=updates) if updates else settings
+
+
+class _HttpClients(NamedTuple):
+    api: httpx.AsyncClient  # the API, with the key
+    submits: httpx.AsyncClient  # the API for submits: stricter about reusing idle connections
+    public: httpx.AsyncClient  # output downloads and presigned uploads: never the key
+
+
+def _http_clients(
+    settings: WaveSpeedSettings, key: SecretStr, transport: httpx.AsyncBaseTransport | None
+) -> _HttpClients:
+    """The client's HTTP clients, all sending through ``transport`` when one is given."""
+    timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+    client_headers = {"X-Client-Name": "prefect-hunyuan3d", "X-Client-Version": __version__}
+    # Concurrency is bounded by the flow (and the account); httpx's default pool of 100 would
+    # make items beyond it wait for a connection (PoolTimeout) at higher tiers.
+    # Idle connections are dropped after 4 s, before servers commonly drop them (uvicorn 5 s,
+    # load balancers 60 s): a request sent on a connection the server is closing at that
+    # moment fails without an answer.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
+    # Submits are stricter: an unanswered submit cannot be retried (it may be billed). An
+    # overloaded server runs its keep-alive timer late, after requests that arrived before it,
+    # so a submit only reuses a connection idle for under a second.
+    submit_limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=256, keepalive_expiry=SUBMIT_KEEPALIVE_S
+    )
+
+    # One TLS context for every pool (making one costs CPU), made on first use.
+    shared_tls = functools.cache(httpx.create_ssl_context)
+
+    def pools(lane_limits: httpx.Limits = limits) -> httpx.AsyncBaseTransport:
+        # Several small pools: one big pool costs CPU per request in proportion to its
+        # connections (see tasks.lanes).
+        if transport is not None:
+            return transport
+        return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=lane_limits))
+
+    def api_client(api_limits: httpx.Limits) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
+            timeout=timeout,
+            limits=api_limits,  # for proxy transports from the environment; ours are the lanes
+            transport=pools(api_limits),
+            follow_redirects=False,
+        )
+
+    return _HttpClients(
+        api=api_client(limits),
+        submits=api_client(submit_limits),
+        public=httpx.AsyncClient(
+            headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
+        ),
+    )
+
+
 class WaveSpeedClient:
     """``async with WaveSpeedClient(settings) as client: ...``
 
@@ -216,13 +282,7 @@ class WaveSpeedClient:
         """``account_slots``: how many predictions the account processes at once, when the caller
         keeps more than that submitted (queue headroom): the polls of queued predictions are then
         timed from when they should start (:mod:`tasks.account_queue`)."""
-        settings = settings or WaveSpeedSettings()
-        updates: dict[str, Any] = {}
-        if api_key is not None:
-            updates["api_key"] = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        if base_url is not None:
-            updates["base_url"] = base_url
-        self.settings = settings.model_copy(update=updates) if updates else settings
+        self.settings = _with_overrides(settings or WaveSpeedSettings(), api_key, base_url)
         key = self.settings.require_api_key()
         register_secret(key.get_secret_value())
         if self.settings.webhook_secret is not None:
@@ -233,44 +293,7 @@ class WaveSpeedClient:
             initial_s=self.settings.retry_initial_s,
             maximum_s=self.settings.retry_max_s,
         )
-        timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
-        client_headers = {"X-Client-Name": "prefect-hunyuan3d", "X-Client-Version": __version__}
-        # Concurrency is bounded by the flow (and the account); httpx's default pool of 100 would
-        # make items beyond it wait for a connection (PoolTimeout) at higher tiers.
-        # Idle connections are dropped after 4 s, before servers commonly drop them (uvicorn 5 s,
-        # load balancers 60 s): a request sent on a connection the server is closing at that
-        # moment fails without an answer.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0)
-        # Submits are stricter: an unanswered submit cannot be retried (it may be billed). An
-        # overloaded server runs its keep-alive timer late, after requests that arrived before it
-        # (seen on the emulator at 1500 in flight: one submit in 5000 lost that way at 4 s), so a
-        # submit only reuses a connection idle for under a second.
-        submit_limits = httpx.Limits(
-            max_connections=None, max_keepalive_connections=256, keepalive_expiry=SUBMIT_KEEPALIVE_S
-        )
-
-        # One TLS context for every pool (each costs ~20 ms of CPU to make), made on first use.
-        shared_tls = functools.cache(httpx.create_ssl_context)
-
-        def pools(lane_limits: httpx.Limits = limits) -> httpx.AsyncBaseTransport:
-            # Several small pools: one big pool costs CPU per request in proportion to its
-            # connections (see tasks.lanes).
-            if transport is not None:
-                return transport
-            return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=lane_limits))
-
-        def api_client(api_limits: httpx.Limits) -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=self.base_url,
-                headers={**client_headers, "Authorization": f"Bearer {key.get_secret_value()}"},
-                timeout=timeout,
-                limits=api_limits,  # for proxy transports from the environment; ours are the lanes
-                transport=pools(api_limits),
-                follow_redirects=False,
-            )
-
-        self._api = api_client(limits)
-        self._submits = api_client(submit_limits)
+        self._api, self._submits, self._public = _http_clients(self.settings, key, transport)
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         # When each prediction this client submitted was accepted (monotonic): its polls are
@@ -280,9 +303,6 @@ class WaveSpeedClient:
         self.account_queue = AccountQueue(account_slots) if account_slots else None
         # Webhook mode (settings.webhook_url): started by ``async with`` / start_webhooks().
         self.webhooks: WebhookReceiver | None = None
-        self._public = httpx.AsyncClient(
-            headers=client_headers, timeout=timeout, limits=limits, transport=pools(), follow_redirects=True
-        )
 
     def __repr__(self) -> str:
         return f"WaveSpeedClient(base_url={self.base_url!r}, api_key=SecretStr('**********'))"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,12 +228,49 @@ def _render(parts: list[_Part], size: int) -> Image.Image:
     return image.convert("RGBa").resize((size, size), Image.Resampling.BOX).convert("RGBA")
 
 
+@dataclass
+class _Triangles:
+    """The scan-conversion set-up of every triangle (m of them), in screen space."""
+
+    xs: FloatArray  # (m, 3) vertex x
+    ys: FloatArray  # (m, 3) vertex y
+    area: FloatArray  # (m,) twice the signed area
+    row0: IntArray  # (m,) first pixel row crossed
+    rows: IntArray  # (m,) pixel rows crossed (0 for a degenerate triangle)
+    width: IntArray  # (m,) bounding-box width in pixels
+    origin: npt.NDArray[np.float64]  # (m, 3) the first vertex, where the depth plane is anchored
+    slope_x: npt.NDArray[np.float64]  # (m,) depth change per pixel to the right
+    slope_y: npt.NDArray[np.float64]  # (m,) depth change per pixel down
+
+
 def _rasterize(screen: FloatArray, faces: IntArray, side: int) -> tuple[IntArray, IntArray, FloatArray]:
     """The visible fragment of every covered pixel: (pixel index, face index, barycentrics (k, 3)).
 
     Scanline conversion, vectorized: each triangle is cut into the pixel rows its interior crosses,
     each row into the pixel centres between its left and right edges, so only covered pixels are
     ever generated; a z-buffer (``np.maximum.at``) keeps the nearest fragment of each pixel."""
+    tris = _triangles(screen, faces, side)
+    depth_buffer = np.full(side * side, -np.inf, np.float64)
+    kept: list[tuple[IntArray, IntArray, npt.NDArray[np.float64]]] = []
+    for ids in _batches(tris):
+        fragments = _fragments(tris, ids, side)
+        if fragments is not None:
+            np.maximum.at(depth_buffer, fragments[0], fragments[2])
+            kept.append(fragments)
+    if not kept:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 3), np.float32)
+    pixel = np.concatenate([k[0] for k in kept])
+    face = np.concatenate([k[1] for k in kept])
+    depth = np.concatenate([k[2] for k in kept])
+    front = np.flatnonzero(depth >= depth_buffer[pixel])
+    # Ties (shared edges at equal depth): keep one fragment per pixel.
+    pixel, first_index = np.unique(pixel[front], return_index=True)
+    face = face[front[first_index]]
+    bary = _barycentrics(tris.xs[face], tris.ys[face], tris.area[face], pixel % side, pixel // side)
+    return pixel, face, bary
+
+
+def _triangles(screen: FloatArray, faces: IntArray, side: int) -> _Triangles:
     tri = screen[faces]  # (m, 3, 3)
     xs, ys = tri[:, :, 0], tri[:, :, 1]
     area = (xs[:, 1] - xs[:, 0]) * (ys[:, 2] - ys[:, 0]) - (xs[:, 2] - xs[:, 0]) * (ys[:, 1] - ys[:, 0])
@@ -250,65 +288,66 @@ def _rasterize(screen: FloatArray, faces: IntArray, side: int) -> tuple[IntArray
     det = np.where(np.abs(det) > 1e-9, det, 1.0)
     slope_x = (e1[:, 2] * e2[:, 1] - e2[:, 2] * e1[:, 1]) / det
     slope_y = (e1[:, 0] * e2[:, 2] - e2[:, 0] * e1[:, 2]) / det
+    return _Triangles(xs, ys, area, row0, rows, width, origin, slope_x, slope_y)
 
-    depth_buffer = np.full(side * side, -np.inf, np.float64)
-    kept: list[tuple[IntArray, IntArray, npt.NDArray[np.float64]]] = []
-    # Batches of triangles whose bounding boxes hold about BATCH_FRAGMENTS pixels: bounded memory.
-    budget = np.cumsum(rows * width)
+
+def _batches(tris: _Triangles) -> Iterator[IntArray]:
+    """The ids of the triangles that cross a pixel row, in consecutive batches whose bounding boxes
+    hold about BATCH_FRAGMENTS pixels: bounded memory."""
+    budget = np.cumsum(tris.rows * tris.width)
     total = int(budget[-1]) if len(budget) else 0
     cuts = np.searchsorted(budget, np.arange(BATCH_FRAGMENTS, total, BATCH_FRAGMENTS), side="right")
-    edges = np.unique(np.concatenate([[0], cuts, [len(faces)]]))
+    edges = np.unique(np.concatenate([[0], cuts, [len(tris.rows)]]))
     for start, stop in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
         ids = np.arange(start, stop)
-        ids = ids[rows[ids] > 0]
-        if not len(ids):
-            continue
-        # One entry per (triangle, row).
-        row_tri = np.repeat(ids, rows[ids])
-        first = np.cumsum(rows[ids]) - rows[ids]
-        row_y = row0[row_tri] + (np.arange(len(row_tri)) - np.repeat(first, rows[ids]))
-        centre_y = row_y.astype(np.float32) + 0.5
-        left = np.full(len(row_tri), np.inf, np.float32)
-        right = np.full(len(row_tri), -np.inf, np.float32)
-        for a, b in ((0, 1), (1, 2), (2, 0)):
-            xa, ya = xs[row_tri, a], ys[row_tri, a]
-            xb, yb = xs[row_tri, b], ys[row_tri, b]
-            low, high = np.minimum(ya, yb), np.maximum(ya, yb)
-            crosses = (centre_y >= low) & (centre_y <= high) & (high > low)
-            t = np.where(crosses, (centre_y - ya) / np.where(high > low, yb - ya, 1.0), 0.0)
-            x = xa + t * (xb - xa)
-            left = np.where(crosses, np.minimum(left, x), left)
-            right = np.where(crosses, np.maximum(right, x), right)
-        col0 = np.clip(np.ceil(left - 0.5), 0, side).astype(np.int64)
-        col1 = np.clip(np.floor(right - 0.5), -1, side - 1).astype(np.int64)
-        count = np.maximum(col1 - col0 + 1, 0)
-        # One entry per covered pixel.
-        frag_row = np.repeat(np.arange(len(row_tri)), count)
-        if not len(frag_row):
-            continue
-        starts = np.cumsum(count) - count
-        col = col0[frag_row] + (np.arange(len(frag_row)) - starts[frag_row])
-        face = row_tri[frag_row]
-        pix = row_y[frag_row] * side + col
-        at = origin[face]
-        z = (
-            at[:, 2]
-            + slope_x[face] * (col + 0.5 - at[:, 0])
-            + slope_y[face] * (row_y[frag_row] + 0.5 - at[:, 1])
-        )
-        np.maximum.at(depth_buffer, pix, z)
-        kept.append((pix, face, z))
-    if not kept:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 3), np.float32)
-    pixel = np.concatenate([k[0] for k in kept])
-    face = np.concatenate([k[1] for k in kept])
-    depth = np.concatenate([k[2] for k in kept])
-    front = np.flatnonzero(depth >= depth_buffer[pixel])
-    # Ties (shared edges at equal depth): keep one fragment per pixel.
-    pixel, first_index = np.unique(pixel[front], return_index=True)
-    face = face[front[first_index]]
-    bary = _barycentrics(xs[face], ys[face], area[face], pixel % side, pixel // side)
-    return pixel, face, bary
+        ids = ids[tris.rows[ids] > 0]
+        if len(ids):
+            yield ids
+
+
+def _row_spans(tris: _Triangles, ids: IntArray, side: int) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """One entry per (triangle, pixel row) of the triangles ``ids``: the triangle, the row, the
+    first pixel column covered and how many are."""
+    row_tri = np.repeat(ids, tris.rows[ids])
+    first = np.cumsum(tris.rows[ids]) - tris.rows[ids]
+    row_y = tris.row0[row_tri] + (np.arange(len(row_tri)) - np.repeat(first, tris.rows[ids]))
+    centre_y = row_y.astype(np.float32) + 0.5
+    left = np.full(len(row_tri), np.inf, np.float32)
+    right = np.full(len(row_tri), -np.inf, np.float32)
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        xa, ya = tris.xs[row_tri, a], tris.ys[row_tri, a]
+        xb, yb = tris.xs[row_tri, b], tris.ys[row_tri, b]
+        low, high = np.minimum(ya, yb), np.maximum(ya, yb)
+        crosses = (centre_y >= low) & (centre_y <= high) & (high > low)
+        t = np.where(crosses, (centre_y - ya) / np.where(high > low, yb - ya, 1.0), 0.0)
+        x = xa + t * (xb - xa)
+        left = np.where(crosses, np.minimum(left, x), left)
+        right = np.where(crosses, np.maximum(right, x), right)
+    col0 = np.clip(np.ceil(left - 0.5), 0, side).astype(np.int64)
+    col1 = np.clip(np.floor(right - 0.5), -1, side - 1).astype(np.int64)
+    return row_tri, row_y, col0, np.maximum(col1 - col0 + 1, 0)
+
+
+def _fragments(
+    tris: _Triangles, ids: IntArray, side: int
+) -> tuple[IntArray, IntArray, npt.NDArray[np.float64]] | None:
+    """One entry per pixel covered by the triangles ``ids``: (pixel index, face index, depth); None
+    when they cover no pixel centre."""
+    row_tri, row_y, col0, count = _row_spans(tris, ids, side)
+    frag_row = np.repeat(np.arange(len(row_tri)), count)
+    if not len(frag_row):
+        return None
+    starts = np.cumsum(count) - count
+    col = col0[frag_row] + (np.arange(len(frag_row)) - starts[frag_row])
+    face = row_tri[frag_row]
+    pix = row_y[frag_row] * side + col
+    at = tris.origin[face]
+    z = (
+        at[:, 2]
+        + tris.slope_x[face] * (col + 0.5 - at[:, 0])
+        + tris.slope_y[face] * (row_y[frag_row] + 0.5 - at[:, 1])
+    )
+    return pix, face, z
 
 
 def _barycentrics(

@@ -84,14 +84,35 @@ def _save_texture(image: Image.Image, folder: str, name: str) -> str:
 
 def build_usdz(source: str, folder: str, *, max_faces: int | None) -> str:
     """Write ``folder/mesh.usdz`` from the GLB at ``source``; return its path."""
-    from pxr import Gf, Kind, Sdf, Usd, UsdGeom, UsdShade, UsdUtils, Vt
+    from pxr import UsdShade
 
-    path = _simplified(source, folder, max_faces)
+    meshes = _triangle_meshes(_simplified(source, folder, max_faces))
+    layer = os.path.join(folder, "mesh.usdc")
+    stage = _new_stage(layer)
+    for number, mesh in enumerate(meshes):
+        geom = _define_mesh(stage, f"/Root/Geom/mesh_{number}", mesh)
+        texture, vertex_colours = _define_colour_primvars(geom, mesh)
+        material = _define_material(stage, number, mesh, texture, vertex_colours, folder)
+        UsdShade.MaterialBindingAPI.Apply(geom.GetPrim()).Bind(material)
+    stage.GetRootLayer().Save()
+    del stage
+    return _package(layer, os.path.join(folder, "mesh.usdz"))
+
+
+def _triangle_meshes(path: str) -> list[Any]:
+    """The GLB's meshes that hold triangles (one per glTF primitive)."""
     scene: Any = trimesh.load(path, file_type="glb", force="scene", process=False)
     meshes = [m for m in scene.dump(concatenate=False) if isinstance(m, trimesh.Trimesh) and len(m.faces)]
     if not meshes:
         raise UsdzError("the GLB holds no triangle mesh")
-    layer = os.path.join(folder, "mesh.usdc")
+    return meshes
+
+
+def _new_stage(layer: str) -> Any:
+    """A stage at ``layer`` in glTF's units and axes, with ``/Root`` (its default prim, a component)
+    holding the ``Geom`` and ``Materials`` scopes."""
+    from pxr import Kind, Usd, UsdGeom
+
     stage = Usd.Stage.CreateNew(layer)
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
     UsdGeom.SetStageMetersPerUnit(stage, UsdGeom.LinearUnits.meters)
@@ -100,86 +121,121 @@ def build_usdz(source: str, folder: str, *, max_faces: int | None) -> str:
     Usd.ModelAPI(root.GetPrim()).SetKind(Kind.Tokens.component)
     UsdGeom.Scope.Define(stage, "/Root/Geom")
     UsdGeom.Scope.Define(stage, "/Root/Materials")
-    for number, mesh in enumerate(meshes):
-        geom = UsdGeom.Mesh.Define(stage, f"/Root/Geom/mesh_{number}")
-        vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
-        faces = np.ascontiguousarray(mesh.faces, dtype=np.int32)
-        geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(vertices))
-        geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)))
-        geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(faces.reshape(-1)))
-        geom.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
-        geom.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
-        geom.CreateDoubleSidedAttr(False)
-        normals = np.ascontiguousarray(vertex_normals(mesh), dtype=np.float32)
-        geom.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(normals))
-        geom.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
-        low, high = vertices.min(axis=0), vertices.max(axis=0)
-        geom.CreateExtentAttr(Vt.Vec3fArray([Gf.Vec3f(*low.tolist()), Gf.Vec3f(*high.tolist())]))
+    return stage
 
-        visual: Any = mesh.visual
-        material_source = getattr(visual, "material", None)
-        uv = getattr(visual, "uv", None)
-        texture = _texture(material_source) if material_source is not None else None
-        primvars = UsdGeom.PrimvarsAPI(geom)
-        if uv is not None and len(uv) == len(vertices):
-            st = primvars.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
-            st.Set(Vt.Vec2fArray.FromNumpy(np.ascontiguousarray(uv, dtype=np.float32)))
-        else:
-            texture = None
-        colors = None
-        if texture is None and getattr(visual, "kind", None) == "vertex":
-            colors = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
-            display = primvars.CreatePrimvar(
-                "displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex
-            )
-            display.Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(colors)))
 
-        material = UsdShade.Material.Define(stage, f"/Root/Materials/material_{number}")
-        shader = UsdShade.Shader.Define(stage, f"/Root/Materials/material_{number}/surface")
-        shader.CreateIdAttr("UsdPreviewSurface")
-        rgba = _base_color(material_source)
-        metallic = float(getattr(material_source, "metallicFactor", None) or 0.0)
-        roughness = getattr(material_source, "roughnessFactor", None)
-        shader.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(metallic)
-        shader.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(
-            float(roughness) if roughness is not None else 0.8
-        )
-        diffuse = shader.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f)
-        if texture is not None:
-            reader = UsdShade.Shader.Define(stage, f"/Root/Materials/material_{number}/st_reader")
-            reader.CreateIdAttr("UsdPrimvarReader_float2")
-            reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
-            sampler = UsdShade.Shader.Define(stage, f"/Root/Materials/material_{number}/base_color")
-            sampler.CreateIdAttr("UsdUVTexture")
-            sampler.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(
-                _save_texture(texture, folder, f"base_color_{number}")
+def _define_mesh(stage: Any, prim_path: str, mesh: Any) -> Any:
+    """The ``UsdGeom.Mesh`` of a trimesh mesh: its triangles, vertex normals and extent."""
+    from pxr import Gf, UsdGeom, Vt
+
+    geom = UsdGeom.Mesh.Define(stage, prim_path)
+    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
+    faces = np.ascontiguousarray(mesh.faces, dtype=np.int32)
+    geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(vertices))
+    geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)))
+    geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(faces.reshape(-1)))
+    geom.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
+    geom.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
+    geom.CreateDoubleSidedAttr(False)
+    normals = np.ascontiguousarray(vertex_normals(mesh), dtype=np.float32)
+    geom.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(normals))
+    geom.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    geom.CreateExtentAttr(Vt.Vec3fArray([Gf.Vec3f(*low.tolist()), Gf.Vec3f(*high.tolist())]))
+    return geom
+
+
+def _define_colour_primvars(geom: Any, mesh: Any) -> tuple[Image.Image | None, bool]:
+    """``primvars:st`` when the mesh has a UV per vertex; else ``primvars:displayColor`` when it has
+    vertex colours. Returns the base colour texture to use (None without UVs) and whether
+    ``displayColor`` was written."""
+    from pxr import Sdf, UsdGeom, Vt
+
+    visual: Any = mesh.visual
+    material_source = getattr(visual, "material", None)
+    uv = getattr(visual, "uv", None)
+    texture = _texture(material_source) if material_source is not None else None
+    primvars = UsdGeom.PrimvarsAPI(geom)
+    if uv is not None and len(uv) == len(mesh.vertices):
+        st = primvars.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
+        st.Set(Vt.Vec2fArray.FromNumpy(np.ascontiguousarray(uv, dtype=np.float32)))
+    else:
+        texture = None
+    if texture is not None or getattr(visual, "kind", None) != "vertex":
+        return texture, False
+    colors = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
+    display = primvars.CreatePrimvar("displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex)
+    display.Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(colors)))
+    return None, True
+
+
+def _define_material(
+    stage: Any, number: int, mesh: Any, texture: Image.Image | None, vertex_colours: bool, folder: str
+) -> Any:
+    """A ``UsdPreviewSurface`` material with the glTF material's metallic and roughness factors, its
+    diffuse colour from the texture (saved into ``folder``), else the vertex colours, else the base
+    colour factor."""
+    from pxr import Gf, Sdf, UsdShade
+
+    prim_path = f"/Root/Materials/material_{number}"
+    material_source = getattr(mesh.visual, "material", None)
+    material = UsdShade.Material.Define(stage, prim_path)
+    shader = UsdShade.Shader.Define(stage, f"{prim_path}/surface")
+    shader.CreateIdAttr("UsdPreviewSurface")
+    rgba = _base_color(material_source)
+    metallic = float(getattr(material_source, "metallicFactor", None) or 0.0)
+    roughness = getattr(material_source, "roughnessFactor", None)
+    shader.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(metallic)
+    shader.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(
+        float(roughness) if roughness is not None else 0.8
+    )
+    diffuse = shader.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f)
+    if texture is not None:
+        texture_file = _save_texture(texture, folder, f"base_color_{number}")
+        sampler = _texture_sampler(stage, prim_path, texture_file, rgba)
+        diffuse.ConnectToSource(sampler.ConnectableAPI(), "rgb")
+        if rgba[3] < 1.0 or (texture.mode == "RGBA" and _min_alpha(texture) < 255):
+            shader.CreateInput("opacity", Sdf.ValueTypeNames.Float).ConnectToSource(
+                sampler.ConnectableAPI(), "a"
             )
-            sampler.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
-            sampler.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
-            sampler.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
-            sampler.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*rgba))
-            sampler.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
-                reader.ConnectableAPI(), "result"
-            )
-            diffuse.ConnectToSource(sampler.ConnectableAPI(), "rgb")
-            if rgba[3] < 1.0 or (texture.mode == "RGBA" and _min_alpha(texture) < 255):
-                shader.CreateInput("opacity", Sdf.ValueTypeNames.Float).ConnectToSource(
-                    sampler.ConnectableAPI(), "a"
-                )
-        elif colors is not None:
-            reader = UsdShade.Shader.Define(stage, f"/Root/Materials/material_{number}/color_reader")
-            reader.CreateIdAttr("UsdPrimvarReader_float3")
-            reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("displayColor")
-            diffuse.ConnectToSource(reader.ConnectableAPI(), "result")
-        else:
-            diffuse.Set(Gf.Vec3f(*rgba[:3]))
-            if rgba[3] < 1.0:
-                shader.CreateInput("opacity", Sdf.ValueTypeNames.Float).Set(rgba[3])
-        material.CreateSurfaceOutput().ConnectToSource(shader.ConnectableAPI(), "surface")
-        UsdShade.MaterialBindingAPI.Apply(geom.GetPrim()).Bind(material)
-    stage.GetRootLayer().Save()
-    del stage
-    target = os.path.join(folder, "mesh.usdz")
+    elif vertex_colours:
+        reader = UsdShade.Shader.Define(stage, f"{prim_path}/color_reader")
+        reader.CreateIdAttr("UsdPrimvarReader_float3")
+        reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("displayColor")
+        diffuse.ConnectToSource(reader.ConnectableAPI(), "result")
+    else:
+        diffuse.Set(Gf.Vec3f(*rgba[:3]))
+        if rgba[3] < 1.0:
+            shader.CreateInput("opacity", Sdf.ValueTypeNames.Float).Set(rgba[3])
+    material.CreateSurfaceOutput().ConnectToSource(shader.ConnectableAPI(), "surface")
+    return material
+
+
+def _texture_sampler(
+    stage: Any, material_path: str, texture_file: str, scale: tuple[float, float, float, float]
+) -> Any:
+    """A ``UsdUVTexture`` in the material that reads ``texture_file`` (package-relative) through
+    ``primvars:st``, repeating, its colour scaled by the base colour factor."""
+    from pxr import Gf, Sdf, UsdShade
+
+    reader = UsdShade.Shader.Define(stage, f"{material_path}/st_reader")
+    reader.CreateIdAttr("UsdPrimvarReader_float2")
+    reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
+    sampler = UsdShade.Shader.Define(stage, f"{material_path}/base_color")
+    sampler.CreateIdAttr("UsdUVTexture")
+    sampler.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(texture_file)
+    sampler.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
+    sampler.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
+    sampler.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+    sampler.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*scale))
+    sampler.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.ConnectableAPI(), "result")
+    return sampler
+
+
+def _package(layer: str, target: str) -> str:
+    """The USDZ package of ``layer`` written at ``target`` as AR Quick Look wants it, and checked."""
+    from pxr import Sdf, UsdUtils
+
     if not UsdUtils.CreateNewARKitUsdzPackage(Sdf.AssetPath(layer), target):
         raise UsdzError("UsdUtils.CreateNewARKitUsdzPackage failed")
     verify_usdz(target)
