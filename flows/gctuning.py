@@ -2,9 +2,9 @@
 
 Thousands of items in flight keep hundreds of thousands of objects alive (tasks, futures,
 connections, records). CPython's collector walks the older ones again and again as allocations
-pile up: on the throughput benchmark that was ~8 % of the run's CPU (perf: ``gc_collect_main``,
-``visit_decref``). During the batch the objects alive before it are frozen (never walked), and
-young collections happen every 50,000 net allocations instead of 700. Settings are restored after.
+pile up, a visible share of a large run's CPU (docs/performance.md). During the batch the objects
+alive before it are frozen (never walked), and young collections happen every 50,000 net
+allocations instead of 700. Settings are restored after.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """hy3d's long-lived local Prefect server: what ad-hoc ``hy3d run``s use when ``PREFECT_API_URL`` is unset.
 
 Prefect's own answer to an unset ``PREFECT_API_URL`` is a temporary server started in every run and
-stopped at its end: 15-25 s of start-up per run, and on a busy machine a missed 20 s deadline and a
-traceback. Instead, the first ad-hoc run starts one server in the background (``python -m
-hy3d._server_process``, in its own session, output in ``server.log``), and later runs reuse it: a
-health check of a few milliseconds instead of a start-up. It serves the Prefect UI, so a run can be
-watched there; it stops after ``HY3D_SERVER_IDLE_TIMEOUT`` seconds without a request or a running
-``hy3d`` (default an hour), or with ``hy3d server stop``. ``HY3D_EPHEMERAL=1`` keeps Prefect's
-temporary server per run.
+stopped at its end: seconds of start-up per run (docs/performance.md, ``startup``), and on a busy
+machine a missed start-up deadline and a traceback. Instead, the first ad-hoc run starts one server
+in the background (``python -m hy3d._server_process``, in its own session, output in
+``server.log``), and later runs reuse it: a health check instead of a start-up. It serves the
+Prefect UI, so a run can be watched there; it stops after ``HY3D_SERVER_IDLE_TIMEOUT`` seconds
+without a request or a running ``hy3d`` (default an hour), or with ``hy3d server stop``.
+``HY3D_EPHEMERAL=1`` keeps Prefect's temporary server per run.
 
 Its files live in ``HY3D_SERVER_HOME`` (default ``$PREFECT_HOME/hy3d-server``; the database is
 Prefect's usual one in ``PREFECT_HOME``):

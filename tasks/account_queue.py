@@ -4,8 +4,8 @@ account runs at once.
 The contract: an account processes up to its concurrency limit; beyond it new predictions queue
 (stay ``created``) and start first come, first served as slots free. A run with queue headroom
 (``flows.pipeline``) keeps more predictions submitted than that, so the account never idles. Its
-queued predictions must not be polled as if their processing time ran from the submit: at L=30 s
-with a third of them queued, that made 5.4 polls per prediction (every 2 s from L until 2·L).
+queued predictions must not be polled as if their processing time ran from the submit: a queued
+prediction would look overdue from then on, and be polled at the floor for its whole queue wait.
 
 :class:`AccountQueue` models the queue from what the client knows: the order of its accepted
 submits and which of them it has seen finish. A prediction accepted while ``u`` earlier ones are

@@ -1,11 +1,10 @@
 """Requests spread over several small connection pools ("lanes") instead of one big one.
 
 httpcore's pool looks at every one of its connections for every request it places, so its CPU
-cost per request grows with the number of connections. Measured here (2 cores, emulator in its
-own process, 1000 requests in flight): one pool cost 5.3 ms of client CPU per request; 50 pools
-of ~20 connections, 1.1 ms; at 50 in flight one pool costs 1.2 ms. :class:`LanedTransport`
-opens a new lane only when every lane already carries :data:`LANE_CAPACITY` requests, so small
-runs use one pool exactly as before.
+cost per request grows with the number of connections; several small pools keep that cost near
+what one small pool costs (figures: docs/performance.md, "Connection lanes"). :class:`LanedTransport`
+opens a new lane only when every lane already carries :data:`LANE_CAPACITY` requests, so a small
+run uses a single pool.
 """
 
 from __future__ import annotations

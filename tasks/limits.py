@@ -28,8 +28,8 @@ WINDOW_S = 60.0
 
 # Predictions submitted beyond the account's concurrency, as a share of it, when the caller does not
 # say. WaveSpeed queues them and starts one the moment a slot frees, so the account stays busy while
-# we notice a completion, download it and submit the next item. Measured at C=1000, L=10 s
-# (bench/RESULTS.md): 84.6 images/s with none, 94.9 with a quarter, 100-108 with half.
+# we notice a completion, download it and submit the next item. Half is what brought the measured
+# rate to the account's ceiling of C/L (docs/performance.md, "Queue headroom").
 AUTO_QUEUE_HEADROOM = 0.5
 
 

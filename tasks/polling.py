@@ -15,8 +15,8 @@ waits of each model are *scouts* (:data:`SCOUTS`) and the rest *followers*. Scou
 often; they learn the processing time for everyone. Followers make no poll at all until
 :data:`MIN_SAMPLES` durations are known (or a long safety interval passes), then follow the plan. The
 scouts' extra polls are spread over the followers: a scout polls at the floor while many wait on
-it, and on the usual growing interval when it is alone (a run of three images polls no more than
-before).
+it, and on the usual growing interval when it is alone (so a run of a few images pays no extra
+polls for scouting).
 
 :class:`PollSchedule` puts these together for one prediction; the client (:mod:`tasks.client`)
 sleeps and polls. The rest is pure.

@@ -10,7 +10,7 @@ the base-colour texture (sampled per pixel through the interpolated UVs) times i
 vertex or face colours, or the material colour; then downsampled to ``size`` × ``size``
 (antialiasing). The background is transparent.
 
-It is pure (a path in, PNG bytes out) and fast: about 0.1 s of CPU for a 5k-face textured mesh.
+It is pure (a path in, PNG bytes out); its cost per mesh is in docs/performance.md ("Previews").
 """
 
 from __future__ import annotations

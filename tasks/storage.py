@@ -52,9 +52,9 @@ async def small_io(local: bool, call: Callable[P, T], *args: P.args, **kwargs: P
     """Run ``call``, a few operations on small files, where it costs least.
 
     On an object store that is network I/O: a worker thread. On a local file system it runs right
-    here on the event loop: its system calls take tens of microseconds, less than the hand-off to a
-    worker thread and back (two thread wake-ups and two GIL transfers), which at thousands of items
-    in flight cost about a fifth of a run's CPU (perf: futex wake-ups)."""
+    here on the event loop: its system calls take less than the hand-off to a worker thread and
+    back (two thread wake-ups and two GIL transfers), which adds up at thousands of items in flight
+    (docs/performance.md, "CPU on the event loop")."""
     if local:
         return call(*args, **kwargs)
     return await asyncio.to_thread(call, *args, **kwargs)

@@ -61,7 +61,8 @@ def build_obj_zip(source: str, folder: str) -> str:
     mesh: Any = meshes[0] if len(meshes) == 1 else trimesh.util.concatenate(meshes)
     mesh.vertex_normals = vertex_normals(mesh)
     export: Any = trimesh.exchange.obj.export_obj
-    # 6 digits: micrometres for a mesh in metres; level 1 deflate: a v3-sized OBJ is ~60 MB of text.
+    # 6 digits: micrometres for a mesh in metres. Level 1 deflate, the fastest: the OBJ of a v3-sized
+    # mesh is tens of megabytes of text (docs/performance.md, "Deliverables").
     text, files = export(
         mesh, include_normals=True, include_texture=True, return_texture=True, mtl_name="mesh.mtl", digits=6
     )
