@@ -78,6 +78,7 @@ class AccountQueue:
 
     @property
     def confirmed(self) -> bool | None:
+        """Whether a probe saw the account queue (True) or probes refuted it (False); None until then."""
         return self._confirmed
 
     def accepted(

@@ -293,7 +293,8 @@ class WaveSpeedClient:
             initial_s=self.settings.retry_initial_s,
             maximum_s=self.settings.retry_max_s,
         )
-        self._api, self._submits, self._public = _http_clients(self.settings, key, transport)
+        clients = _http_clients(self.settings, key, transport)
+        self._api, self._submits, self._public = clients.api, clients.submits, clients.public
         # Processing times seen, per model: they schedule the polls of later predictions.
         self.durations = DurationEstimator(floor=self.settings.poll_initial_interval_s)
         # When each prediction this client submitted was accepted (monotonic): its polls are

@@ -1,7 +1,7 @@
 """The Hunyuan3D models WaveSpeed serves: one typed input model per endpoint.
 
-Each model's inputs and ranges are those of its page on WaveSpeed (``ModelSpec.docs_url``), read
-against WaveSpeed's own clients where the page is silent; docs/wavespeed-api.md lists the sources.
+Each model's inputs and ranges are those of its page on WaveSpeed (``https://wavespeed.ai/models/<id>``),
+read against WaveSpeed's own clients where the page is silent; docs/wavespeed-api.md lists the sources.
 
 Manifest columns and flow-level ``inputs`` are validated against these before anything is paid
 for. Image-valued inputs are listed separately: their manifest values are paths or URLs that the
@@ -67,11 +67,6 @@ class ModelSpec:
     image_inputs: tuple[tuple[str, bool], ...]
     # The manifest's main column: "image", or "prompt" for text-to-3d.
     primary: Literal["image", "prompt"] = "image"
-
-    @property
-    def docs_url(self) -> str:
-        """WaveSpeed's page for the model: its inputs, their ranges and its price."""
-        return f"https://wavespeed.ai/models/{self.id}"
 
     @property
     def image_fields(self) -> tuple[str, ...]:
