@@ -457,7 +457,7 @@ async def _attempt(ctx: RunContext, prepared: PreparedItem, outcome: ItemOutcome
 async def _finish_item(
     ctx: RunContext, prepared: PreparedItem, outcome: ItemOutcome, attempt: _Attempt, started_at: str
 ) -> None:
-    """Write what the attempt produced next to its mesh: the other formats, ``metadata.json`` (unless
+    """Record an attempt in the output: the other formats of a landed mesh, ``metadata.json`` (unless
     a failure would overwrite a landed mesh's), the gallery's files; then log the outcome."""
     item_id = outcome.id
     if ctx.deliverer is not None and outcome.status is ItemStatus.completed:
