@@ -171,9 +171,9 @@ class Advanced(_Group):
     )
     previews: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (~0.1 s CPU "
-        f"each); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run also fills in up to 200 missing "
-        "ones).",
+        description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (CPU work, "
+        f"more than the rest of an item's); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run also "
+        "fills in up to 200 missing ones).",
     )
     web_texture_px: int = Field(
         DEFAULT_WEB_TEXTURE_PX,

@@ -84,7 +84,7 @@ class RunContext:
     # True: every submit/wait/fetch is a Prefect task run (visible in the UI). False: plain
     # coroutines, for runs too large for the server to record three task runs per item.
     task_runs: bool = True
-    previews: bool = True  # render DEST/<id>/preview.png (~0.1 s CPU each) as items land
+    previews: bool = True  # render DEST/<id>/preview.png as items land (docs/performance.md: its CPU)
     result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None

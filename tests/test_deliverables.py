@@ -332,7 +332,11 @@ def test_a_failed_conversion_keeps_the_mesh_and_is_tried_again(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_missing_extra_or_tool_stops_the_run_before_anything_is_paid(
-    emulator: EmulatorServer, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: EmulatorServer,
+    samples: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     manifest = write_manifest(samples, ["red-ball"])
     real_find_spec = importlib.util.find_spec
@@ -352,9 +356,10 @@ def test_a_missing_extra_or_tool_stops_the_run_before_anything_is_paid(
     assert (emulator.stats.submits_received, emulator.stats.total_uploads) == (0, 0)
 
     # The CLI: an unknown format is a usage error (exit 2), a missing tool one line on stderr (exit 2).
-    with pytest.raises(SystemExit) as exited:
-        cli_main(["run", str(manifest), "--output", str(tmp_path / "cli"), "--formats", "glb,fbx"])
-    assert exited.value.code == 2
+    capsys.readouterr()
+    assert cli_main(["run", str(manifest), "--output", str(tmp_path / "cli"), "--formats", "glb,fbx"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hy3d: error: --formats: ") and "'usdz'" in error and "\n" not in error
     assert cli_main(["run", str(manifest), "--output", str(tmp_path / "cli"), "--formats", "web"]) == 2
     assert emulator.stats.submits_received == 0
 
