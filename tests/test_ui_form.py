@@ -33,7 +33,7 @@ __all__ = ["deployed", "prefect_server"]  # the session fixtures, used by the te
 ON_DEMAND = "hunyuan3d-meshes/on-demand"
 SECTIONS = {"limits": Limits, "advanced": Advanced}
 UI_TIMEOUT_MS = 30_000
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT = {"width": 1560, "height": 900}  # the form itself about 1280 px wide
 DOCS_SCREENSHOT = ROOT / "docs" / "run-form.png"
 DOCS_SCREENSHOT_MAX_BYTES = 400_000
 WRITE_DOCS_SCREENSHOTS = os.environ.get("HY3D_WRITE_DOCS_SCREENSHOTS") == "1"
@@ -72,10 +72,19 @@ FORM_OUTLINE_JS = """
 """
 
 
-def field_names(labels: list[str], properties: dict[str, Any]) -> list[str]:
-    """The parameter (or grouped option) each form label stands for: Prefect labels a field with the
-    schema's title, plus " (Optional)" when it has a default. A label of no field stays as it is."""
-    by_title = {prop.get("title", name): name for name, prop in properties.items()}
+def title_of(name: str, prop: dict[str, Any], definitions: dict[str, Any]) -> str:
+    """What Prefect heads a field with: its schema title, else its model's (a section's), else its name."""
+    if "title" in prop:
+        return str(prop["title"])
+    if "$ref" in prop:
+        return str(definitions[prop["$ref"].rsplit("/", 1)[-1]]["title"])
+    return name
+
+
+def field_names(labels: list[str], properties: dict[str, Any], definitions: dict[str, Any]) -> list[str]:
+    """The parameter (or grouped option) each form label stands for: Prefect labels a field with its
+    title, plus " (Optional)" when it has a default. A label of no field stays as it is."""
+    by_title = {title_of(name, prop, definitions): name for name, prop in properties.items()}
     return [by_title.get(label.removesuffix(" (Optional)"), label) for label in labels]
 
 
@@ -119,13 +128,14 @@ def test_custom_run_form_shows_few_fields_groups_the_rest_and_starts_the_run(
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Custom run").click()
         page.wait_for_url(re.compile(rf"/v2/deployments/deployment/{deployment.id}/run"))
-        manifest_label = schema["properties"]["manifest"]["title"]
+        manifest_label = title_of("manifest", schema["properties"]["manifest"], {})
         page.get_by_label(manifest_label, exact=True).wait_for()
 
         outline: list[dict[str, Any]] = page.evaluate(FORM_OUTLINE_JS)
         assert outline, "no Parameters part in the form"
         properties = schema["properties"]
-        names = field_names([field["label"] for field in outline], properties)
+        definitions = schema.get("definitions", {})
+        names = field_names([field["label"] for field in outline], properties, definitions)
 
         # At most 8 fields, manifest and output first: exactly the flow's parameters, in their order.
         assert len(names) <= 8, names
@@ -140,9 +150,11 @@ def test_custom_run_form_shows_few_fields_groups_the_rest_and_starts_the_run(
         # The rest in two sections, each with all its options, described; none of them on top.
         assert {name for name, field in fields.items() if field["nested"]} == set(SECTIONS)
         for section, group in SECTIONS.items():
-            definition = schema["definitions"][properties[section]["$ref"].rsplit("/", 1)[-1]]
+            # Headed as the group ("Limits and retries"), not as the parameter's name.
+            assert fields[section]["label"] == f"{group.model_config['title']} (Optional)"
+            definition = definitions[properties[section]["$ref"].rsplit("/", 1)[-1]]
             nested = fields[section]["nested"]
-            shown = field_names([f["label"] for f in nested], definition["properties"])
+            shown = field_names([f["label"] for f in nested], definition["properties"], definitions)
             assert shown == list(group.model_fields), section
             for option, field in zip(group.model_fields, nested, strict=True):
                 description = group.model_fields[option].description
@@ -153,30 +165,39 @@ def test_custom_run_form_shows_few_fields_groups_the_rest_and_starts_the_run(
 
         # Fill it in as a person would: the two required fields, a concurrency, a budget, one option of a
         # section; then submit.
-        run_name = f"ui-form-{uuid.uuid4().hex[:8]}"
+        run_name = f"photos-2026-12-{uuid.uuid4().hex[:6]}"
         typed = {"manifest": "s3://photos/2026-12/*.png", "output": "s3://meshes/2026-12"}
         page.get_by_label("Run Name", exact=True).fill(run_name)
         page.get_by_label(manifest_label, exact=True).fill(typed["manifest"])
-        page.get_by_label(properties["output"]["title"], exact=True).fill(typed["output"])
-        page.get_by_label(f"{properties['concurrency']['title']} (Optional)", exact=True).fill("3")
-        budget = page.locator("div.group").filter(
-            has=page.get_by_text(f"{properties['max_cost']['title']} (Optional)", exact=True)
-        )
+        label = {name: title_of(name, prop, definitions) for name, prop in properties.items()}
+        page.get_by_label(label["output"], exact=True).fill(typed["output"])
+        page.get_by_label(f"{label['concurrency']} (Optional)", exact=True).fill("3")
+        # An optional number is a "float | None" switch, None picked: pick float, then type.
+        budget_label = page.get_by_text(f"{label['max_cost']} (Optional)", exact=True)
+        budget = page.locator("div.group").filter(has=budget_label)
         budget.get_by_role("tab", name="float").click()
         budget.get_by_role("spinbutton").fill("1.5")
         retry = page.get_by_role("switch", name=re.compile(r"^Retry Failed"))
         retry.click()
         assert retry.get_attribute("aria-checked") == "true"
 
+        page.evaluate("window.scrollTo(0, 0)")  # the sticky side bar where it belongs, at the top
         screenshot = tmp_path / "run-form.png"
-        png = page.screenshot(path=screenshot, full_page=True)
+        page.screenshot(path=screenshot, full_page=True)
         form_box = page.locator("form").bounding_box()
         assert form_box is not None
         with Image.open(screenshot) as shot:
             assert shot.width == VIEWPORT["width"]
             assert shot.height >= form_box["y"] + form_box["height"] - 1  # the whole form, not a viewport
         if WRITE_DOCS_SCREENSHOTS:
-            write_docs_screenshot(png)
+            # The breadcrumb and the form, without the side bar: about 1280 px wide.
+            clip = {
+                "x": form_box["x"] - 16,
+                "y": 0,
+                "width": form_box["width"] + 32,
+                "height": form_box["y"] + form_box["height"] + 16,
+            }
+            write_docs_screenshot(page.screenshot(full_page=True, clip=clip))
 
         page.get_by_role("button", name="Submit", exact=True).click()
         # Prefect leaves the form for the deployment's page once the run is created.
