@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from playwright.sync_api import expect
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
@@ -179,7 +180,7 @@ def test_custom_run_form_shows_few_fields_groups_the_rest_and_starts_the_run(
         budget.get_by_role("spinbutton").fill("1.5")
         retry = page.get_by_role("switch", name=re.compile(r"^Retry Failed"))
         retry.click()
-        assert retry.get_attribute("aria-checked") == "true"
+        expect(retry).to_have_attribute("aria-checked", "true")
 
         page.evaluate("window.scrollTo(0, 0)")  # the sticky side bar where it belongs, at the top
         screenshot = tmp_path / "run-form.png"
