@@ -2,10 +2,14 @@
 
 Import the ``prefect_server`` fixture from here into a test module. It yields the API URL
 (``http://127.0.0.1:<port>/api``) of a ``prefect server start`` subprocess with its own ``PREFECT_HOME``
-(so its own SQLite database), started once per session and stopped (its whole process group) at the end.
+(so its own SQLite database), started once and stopped (its whole process group) at the end.
 Set ``PREFECT_API_DATABASE_CONNECTION_URL`` to run it on another database. It serves the UI too
 (``http://127.0.0.1:<port>/``), talking to this API. The ``deployed`` fixture deploys ``prefect.yaml``
-to it once per session.
+to it.
+
+pytest registers a fixture in each module that imports it, so each such module gets its own server
+and its own deployments: tests/test_scale.py deploys the same names to another pool without moving
+the ones tests/test_deployments.py and tests/test_ui_form.py check.
 """
 
 from __future__ import annotations
@@ -170,9 +174,9 @@ class Deployed:
     deploy: subprocess.CompletedProcess[str]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
-    """``prefect work-pool create`` then ``prefect --no-prompt deploy --all`` from the repo root, once."""
+    """``prefect work-pool create`` then ``prefect --no-prompt deploy --all`` from the repo root."""
     env = prefect_env(prefect_server, tmp_path_factory.mktemp("deploy-home"))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -40,7 +40,7 @@ from tests.prefect_server import (
     tail,
 )
 
-__all__ = ["deployed", "prefect_server"]  # the session fixtures, used by the tests below
+__all__ = ["deployed", "prefect_server"]  # the fixtures (tests/prefect_server.py), used below
 
 FLOW = "hunyuan3d-meshes"
 NIGHTLY = f"{FLOW}/nightly"

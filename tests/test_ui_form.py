@@ -29,7 +29,7 @@ from flows.options import Advanced, Limits, RunOptions
 from tests.browser import PageLog, chromium, needs_chromium
 from tests.prefect_server import ROOT, Deployed, deployed, on_server, prefect_server, read_deployment
 
-__all__ = ["deployed", "prefect_server"]  # the session fixtures, used by the test below
+__all__ = ["deployed", "prefect_server"]  # the fixtures (tests/prefect_server.py), used below
 
 ON_DEMAND = "hunyuan3d-meshes/on-demand"
 SECTIONS = {"limits": Limits, "advanced": Advanced}
