@@ -32,9 +32,11 @@ from flows.options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_FORMATS,
     Advanced,
+    AdvancedParam,
     ConcurrencyParam,
     FormatsParam,
     Limits,
+    LimitsParam,
     ManifestParam,
     MaxCostParam,
     ModelParam,
@@ -125,8 +127,8 @@ async def generate_meshes(
     concurrency: ConcurrencyParam = DEFAULT_CONCURRENCY,
     max_cost: MaxCostParam = None,
     formats: FormatsParam = DEFAULT_FORMATS,
-    limits: Limits = Limits(),
-    advanced: Advanced = Advanced(),
+    limits: LimitsParam = Limits(),
+    advanced: AdvancedParam = Advanced(),
 ) -> State[Any]:
     """Fan out over the manifest; every item lands as ``DEST/<id>/mesh.glb`` + ``metadata.json``,
     a summary lands under ``DEST/runs/``. The run ends Failed if any item did not land.

@@ -117,7 +117,10 @@ class Limits(_Group):
         "sharded run. Default: no cap, 429s are retried.",
     )
     wait_timeout_s: float | None = Field(
-        None, gt=0, description="Deadline per prediction in seconds. Default: WAVESPEED_WAIT_TIMEOUT_S (900)."
+        None,
+        gt=0,
+        title="Wait Timeout (s)",
+        description="Deadline per prediction in seconds. Default: WAVESPEED_WAIT_TIMEOUT_S (900).",
     )
     retry_failed: bool = Field(
         False,
@@ -171,14 +174,15 @@ class Advanced(_Group):
     )
     previews: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Render DEST/<id>/preview.png and the gallery viewer's files as items land (CPU work, "
-        f"more than the rest of an item's); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run also "
-        "fills in up to 200 missing ones).",
+        description="Render each item's preview.png and the gallery viewer's files as items land (CPU "
+        f"work, more than the rest of an item's); auto: on up to {AUTO_PREVIEWS_MAX_ITEMS} items (such a run "
+        "also fills in up to 200 missing ones).",
     )
     web_texture_px: int = Field(
         DEFAULT_WEB_TEXTURE_PX,
         ge=16,
         le=16384,
+        title="Web Texture Size (px)",
         description="Web GLB: textures at most this many pixels on their longer side.",
     )
     max_faces: int | None = Field(
@@ -206,12 +210,30 @@ class Sharding(_Group):
     chunk_timeout_s: float | None = Field(
         None,
         gt=0,
+        title="Chunk Timeout (s)",
         description="Give a chunk up (its flow run set Crashed) when it has not finished this many seconds "
         "after it started. Default: no limit; chunks whose worker stops heartbeating are given up anyway.",
     )
     poll_interval_s: float = Field(
-        5.0, gt=0, le=300, description="How often the parent checks on its chunks, in seconds."
+        5.0,
+        gt=0,
+        le=300,
+        title="Poll Interval (s)",
+        description="How often the parent checks on its chunks, in seconds.",
     )
+
+
+def _section(group: type[_Group]) -> Any:
+    """A group parameter's Field: titled as its group. Prefect titles a parameter with its name, and the
+    run form heads a section with that title ("limits"); titled as the group, the parameter's title
+    is dropped from the schema as the same as its definition's, and the form shows "Limits and retries"
+    with the group's docstring under it."""
+    return Field(json_schema_extra={"title": group.model_config.get("title") or group.__name__})
+
+
+LimitsParam = Annotated[Limits, _section(Limits)]
+AdvancedParam = Annotated[Advanced, _section(Advanced)]
+ShardingParam = Annotated[Sharding, _section(Sharding)]
 
 
 class FlowOptions(_Group):
@@ -228,17 +250,17 @@ class RunOptions(FlowOptions):
 
     max_cost: MaxCostParam = None
     formats: FormatsParam = DEFAULT_FORMATS
-    limits: Limits = Limits()
-    advanced: Advanced = Advanced()
+    limits: LimitsParam = Limits()
+    advanced: AdvancedParam = Advanced()
 
 
 class ShardedRunOptions(FlowOptions):
     """The parameters of ``hunyuan3d-meshes-sharded``."""
 
     formats: FormatsParam = DEFAULT_FORMATS
-    sharding: Sharding = Sharding()
-    limits: Limits = Limits()
-    advanced: Advanced = Advanced()
+    sharding: ShardingParam = Sharding()
+    limits: LimitsParam = Limits()
+    advanced: AdvancedParam = Advanced()
 
 
 Options = TypeVar("Options", bound=FlowOptions)

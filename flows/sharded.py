@@ -50,15 +50,18 @@ from flows.options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_FORMATS,
     Advanced,
+    AdvancedParam,
     ConcurrencyParam,
     FormatsParam,
     Limits,
+    LimitsParam,
     ManifestParam,
     ModelParam,
     OutputParam,
     RunOptions,
     ShardedRunOptions,
     Sharding,
+    ShardingParam,
 )
 from flows.records import (
     RUNS_FOLDER,
@@ -538,9 +541,9 @@ async def generate_meshes_sharded(
     model: ModelParam = DEFAULT_MODEL,
     concurrency: ConcurrencyParam = DEFAULT_CONCURRENCY,
     formats: FormatsParam = DEFAULT_FORMATS,
-    sharding: Sharding = Sharding(),
-    limits: Limits = Limits(),
-    advanced: Advanced = Advanced(),
+    sharding: ShardingParam = Sharding(),
+    limits: LimitsParam = Limits(),
+    advanced: AdvancedParam = Advanced(),
 ) -> State[Any]:
     """Shard the manifest into chunks, run each chunk as a flow run of ``sharding.deployment`` on its
     work pool, wait for all of them and write one summary under ``DEST/runs/``. Ends Failed naming the

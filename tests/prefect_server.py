@@ -2,29 +2,45 @@
 
 Import the ``prefect_server`` fixture from here into a test module. It yields the API URL
 (``http://127.0.0.1:<port>/api``) of a ``prefect server start`` subprocess with its own ``PREFECT_HOME``
-(so its own SQLite database), started once per session and stopped (its whole process group) at the end.
-Set ``PREFECT_API_DATABASE_CONNECTION_URL`` to run it on another database.
+(so its own SQLite database), started once and stopped (its whole process group) at the end.
+Set ``PREFECT_API_DATABASE_CONNECTION_URL`` to run it on another database. It serves the UI too
+(``http://127.0.0.1:<port>/``), talking to this API. The ``deployed`` fixture deploys ``prefect.yaml``
+to it.
+
+pytest registers a fixture in each module that imports it, so each such module gets its own server
+and its own deployments: tests/test_scale.py deploys the same names to another pool without moving
+the ones tests/test_deployments.py and tests/test_ui_form.py check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.responses import DeploymentResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
+POOL = "hy3d"  # the work pool of prefect.yaml's deployments
+
+T = TypeVar("T")
 
 # Telemetry off, no stray profile: every process gets these.
 _QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -127,6 +143,48 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     api_url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, prefect_env(None, home), log) as process:
+    # The UI finds its API in the server's settings, not from --port: without this it would call
+    # 127.0.0.1:4200, whatever (if anything) listens there.
+    env = prefect_env(None, home, {"PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_SERVER_UI_API_URL": api_url})
+    with running(command, env, log) as process:
         wait_healthy(api_url, process, log)
         yield api_url
+
+
+def on_server(api_url: str, call: Callable[[PrefectClient], Awaitable[T]]) -> T:
+    """Run ``call(client)`` against the given API, in this process."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def go() -> T:
+        async with get_client() as client:
+            return await call(client)
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return asyncio.run(go())
+
+
+def read_deployment(api_url: str, name: str) -> DeploymentResponse:
+    return on_server(api_url, lambda client: client.read_deployment_by_name(name))
+
+
+@dataclass(frozen=True)
+class Deployed:
+    pool: subprocess.CompletedProcess[str]
+    deploy: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    """``prefect work-pool create`` then ``prefect --no-prompt deploy --all`` from the repo root."""
+    env = prefect_env(prefect_server, tmp_path_factory.mktemp("deploy-home"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+
+    return Deployed(
+        pool=cli("work-pool", "create", POOL, "--type", "process"),
+        deploy=cli("--no-prompt", "deploy", "--all"),
+    )

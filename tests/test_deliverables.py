@@ -371,7 +371,8 @@ def test_a_missing_extra_or_tool_stops_the_run_before_anything_is_paid(
 def test_gallery_shows_the_web_glb_its_deliverables_and_the_ar_link(
     node_tools: Path, emulator: EmulatorServer, samples: Path, tmp_path: Path
 ) -> None:
-    from tests.test_gallery import PageLog, chromium, needs_chromium, wait_for_viewers
+    from tests.browser import PageLog, chromium, needs_chromium
+    from tests.test_gallery import wait_for_viewers
 
     if needs_chromium.args[0]:
         pytest.skip(needs_chromium.kwargs["reason"])

@@ -7,35 +7,42 @@ the worker and ``flow.serve()`` are the real CLI and real subprocesses, all poin
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.schema_tools import validate
 
 from emulator import EmulatorServer
 from flows.manifest import IMAGE_EXTENSIONS
 from tests.conftest import client_env
-from tests.prefect_server import PREFECT, ROOT, ProcessEnv, prefect_env, prefect_server, running, tail
+from tests.prefect_server import (
+    POOL,
+    PREFECT,
+    ROOT,
+    Deployed,
+    ProcessEnv,
+    deployed,
+    on_server,
+    prefect_env,
+    prefect_server,
+    read_deployment,
+    running,
+    tail,
+)
 
-__all__ = ["prefect_server"]  # the session fixture, used by the tests below
+__all__ = ["deployed", "prefect_server"]  # the fixtures (tests/prefect_server.py), used below
 
 FLOW = "hunyuan3d-meshes"
-POOL = "hy3d"
 NIGHTLY = f"{FLOW}/nightly"
 ON_DEMAND = f"{FLOW}/on-demand"
 SERVED = f"{FLOW}/served"
@@ -47,23 +54,6 @@ FORM = {
     "model": ("string", False),
     "concurrency": ("integer", False),
 }
-
-T = TypeVar("T")
-
-
-def on_server(api_url: str, call: Callable[[PrefectClient], Awaitable[T]]) -> T:
-    """Run ``call(client)`` against the given API, in this process."""
-
-    async def go() -> T:
-        async with get_client() as client:
-            return await call(client)
-
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        return asyncio.run(go())
-
-
-def read_deployment(api_url: str, name: str) -> DeploymentResponse:
-    return on_server(api_url, lambda client: client.read_deployment_by_name(name))
 
 
 def run(api_url: str, name: str, parameters: dict[str, Any]) -> FlowRun:
@@ -110,28 +100,6 @@ def assert_meshes_landed(output: Path, ids: list[str]) -> None:
 
 def run_summaries(output: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted((output / "runs").glob("*.json"))]
-
-
-@dataclass(frozen=True)
-class Deployed:
-    pool: subprocess.CompletedProcess[str]
-    deploy: subprocess.CompletedProcess[str]
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
-    """``prefect work-pool create`` then ``prefect --no-prompt deploy --all`` from the repo root."""
-    env = prefect_env(prefect_server, tmp_path_factory.mktemp("deploy-home"))
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
-        )
-
-    return Deployed(
-        pool=cli("work-pool", "create", POOL, "--type", "process"),
-        deploy=cli("--no-prompt", "deploy", "--all"),
-    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ items only loads the viewers near the screen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -18,7 +17,6 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +47,9 @@ from tasks import preview
 from tasks.errors import PreviewError, PreviewTooLargeError
 from tasks.preview import render_preview
 from tasks.storage import Storage
+from tests.browser import PageLog, chromium, needs_chromium
 from tests.conftest import SAMPLES, run_flow, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="/usr/bin/chromium is missing (apt-get install -y chromium; .ci/run installs it)",
-)
 SAMPLE_NAMES = ["red-ball.png", "blue-mug.png", "gold-star.png"]
 
 
@@ -128,32 +112,6 @@ def landed_item(folder: Path, item_id: str, image: Path, glb: bytes | None = Non
     )
     (folder / item_id / "metadata.json").write_text(json.dumps(document))
     return ItemOutcome(id=item_id, row=2, status=ItemStatus.completed, source=str(image), faces=faces)
-
-
-@contextlib.contextmanager
-def chromium() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright (started after any asyncio.run in the test)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class PageLog:
-    """Console errors and uncaught exceptions of a page."""
-
-    def __init__(self, page: Any) -> None:
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
-
-    def _console(self, message: Any) -> None:
-        if message.type == "error":
-            self.errors.append(f"{message.text} ({message.location.get('url')})")
 
 
 def wait_for_viewers(page: Any, timeout_ms: int = 60_000) -> list[dict[str, str]]:
