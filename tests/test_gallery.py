@@ -384,7 +384,7 @@ def test_gallery_on_object_storage(tmp_path: Path) -> None:
     assert '"id":"ball"' in page and "_gallery/gallery.js?v=" in page
     assert (
         storage.size(ASSETS_FOLDER, "three-viewer.min.js")
-        == (Path(__file__).parents[1] / "flows" / "gallery_assets" / "three-viewer.min.js").stat().st_size
+        == (Path(__file__).parents[1] / "flows/gallery_assets/vendor/three-viewer.min.js").stat().st_size
     )
     fs.rm(root.removeprefix("memory://"), recursive=True)
 
