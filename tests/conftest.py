@@ -133,6 +133,14 @@ def image_server(samples: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def missing_image_url(image_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An image URL answering 404, with the client's URL check off (for URLs only WaveSpeed can
+    reach): it is submitted and paid for, and WaveSpeed fails the prediction with 1402."""
+    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")
+    return f"{image_server}/missing.png"
+
+
 @contextlib.contextmanager
 def serve(folder: Path) -> Iterator[str]:
     """A static HTTP server on loopback over ``folder`` (as a bucket serving the output would);
