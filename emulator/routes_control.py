@@ -25,17 +25,15 @@ class ControlRoutes(RouteGroup):
         await self.state.reset()
         return JSONResponse({"ok": True})
 
-    @route("/_emulator/config", "GET")
-    async def get_config(self, request: Request) -> Response:
-        return JSONResponse(self.state.config.public_dict())
-
-    @route("/_emulator/config", "PATCH")
-    async def patch_config(self, request: Request) -> Response:
-        changes = await read_json_object(request)
-        try:
-            self.state.config.update(changes)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from exc
-        if "seed" in changes:
-            self.state.reseed()
+    @route("/_emulator/config", "GET", "PATCH")
+    async def config(self, request: Request) -> Response:
+        """The switches, after a PATCH has changed those its JSON object names."""
+        if request.method == "PATCH":
+            changes = await read_json_object(request)
+            try:
+                self.state.config.update(changes)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from exc
+            if "seed" in changes:
+                self.state.reseed()
         return JSONResponse(self.state.config.public_dict())
