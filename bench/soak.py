@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trimesh
 from PIL import Image, ImageDraw
@@ -162,29 +162,27 @@ def emulator_predictions(emu: EmulatorServer) -> list[EmulatedPrediction]:
     return on_emulator_loop(emu, read)
 
 
-def emulator_media_sha(emu: EmulatorServer, url: str) -> str | None:
-    """sha256 of an upload the emulator holds, from its download URL."""
-    if MEDIA_PREFIX not in url:
+def _emulator_blob_sha(
+    emu: EmulatorServer, url: str, prefix: str, kind: Literal["media", "outputs"]
+) -> str | None:
+    """sha256 of a blob the emulator holds (an upload, or an output), from its download URL."""
+    if prefix not in url:
         return None
-    key = url.split(MEDIA_PREFIX, 1)[1]
+    key = url.split(prefix, 1)[1]
 
     def read() -> str | None:
-        blob = emu.state.store.media.get(key)
+        blob = getattr(emu.state.store, kind).get(key)
         return hashlib.sha256(blob.data).hexdigest() if blob is not None else None
 
     return on_emulator_loop(emu, read)
+
+
+def emulator_media_sha(emu: EmulatorServer, url: str) -> str | None:
+    return _emulator_blob_sha(emu, url, MEDIA_PREFIX, "media")
 
 
 def emulator_output_sha(emu: EmulatorServer, url: str) -> str | None:
-    if OUTPUT_PREFIX not in url:
-        return None
-    name = url.split(OUTPUT_PREFIX, 1)[1]
-
-    def read() -> str | None:
-        blob = emu.state.store.outputs.get(name)
-        return hashlib.sha256(blob.data).hexdigest() if blob is not None else None
-
-    return on_emulator_loop(emu, read)
+    return _emulator_blob_sha(emu, url, OUTPUT_PREFIX, "outputs")
 
 
 # ---- the output folder --------------------------------------------------------------------------------
@@ -348,14 +346,12 @@ def hy3d_env(emu: EmulatorServer, work: Path) -> dict[str, str]:
     return env
 
 
+COUNTERS = ("submits_accepted", "in_flight", "completed", "failed")
+
+
 def counters(emu: EmulatorServer) -> dict[str, int]:
-    stats = emu.stats
-    return {
-        "submits_accepted": stats.submits_accepted,
-        "in_flight": stats.in_flight,
-        "completed": stats.completed,
-        "failed": stats.failed,
-    }
+    """The emulator's COUNTERS now."""
+    return {name: getattr(emu.stats, name) for name in COUNTERS}
 
 
 def live_group_members(pgid: int) -> list[int]:
