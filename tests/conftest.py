@@ -36,6 +36,7 @@ import pytest
 import flows.hunyuan3d  # noqa: F401
 from emulator import EmulatorConfig, EmulatorServer
 from tasks import retrying
+from tasks.settings import WaveSpeedSettings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hy3d" / "samples"
 
@@ -103,6 +104,11 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
         for name, value in client_env(server).items():
             monkeypatch.setenv(name, value)
         yield server
+
+
+def settings_for(server: EmulatorServer, **values: Any) -> WaveSpeedSettings:
+    """Client settings pointing at ``server`` (its URL and key), with ``values`` set."""
+    return WaveSpeedSettings(api_key=server.api_key, base_url=server.url, **values)
 
 
 def client_env(server: EmulatorServer) -> dict[str, str]:
@@ -199,8 +205,15 @@ def cli_command(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[s
     return [str(Path(sys.executable).parent / "hy3d"), *args], full_env
 
 
+def run_process(
+    command: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end, its output captured as text (its exit code is the test's to check)."""
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     command, full_env = cli_command(args, env)
-    return subprocess.run(
-        command, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_process(command, full_env, cwd)
