@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import mimetypes
 import os
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+from contender_io import glb_output, mesh_target, read_manifest  # bench/, the script's folder
 
 from tasks.polling import DurationEstimator, PollSchedule
 
@@ -78,11 +78,6 @@ def schedule_for(policy: PollPolicy, durations: DurationEstimator, submitted: fl
         backoff=policy.backoff,
         ceiling=policy.maximum_s,
     )
-
-
-def read_manifest(path: Path) -> list[tuple[str, Path]]:
-    with path.open(newline="") as handle:
-        return [(row["id"], (path.parent / row["image"]).resolve()) for row in csv.DictReader(handle)]
 
 
 def loopback_only(url: str) -> str:
@@ -213,12 +208,10 @@ async def one(
     if prediction.get("status") != "completed":
         raise Failed(f"prediction {pid} failed: {prediction.get('code')} {prediction.get('error')}")
     outputs = [str(o) for o in prediction.get("outputs") or []]
-    mesh = next((o for o in outputs if urlsplit(o).path.lower().endswith(".glb")), None)
+    mesh = glb_output(outputs)
     if mesh is None:
         raise Failed(f"prediction {pid} has no .glb output: {outputs[:3]}")
-    folder = dest / item_id
-    folder.mkdir(parents=True, exist_ok=True)
-    await download(client, mesh, folder / "mesh.glb", args.attempts)
+    await download(client, mesh, mesh_target(dest, item_id), args.attempts)
     counters.landed += 1
 
 

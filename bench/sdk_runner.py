@@ -20,7 +20,6 @@ Prints one JSON line like ``bench/baseline.py``. Exit 0 when every item landed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -33,14 +32,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import wavespeed  # type: ignore[import-untyped]
+from contender_io import glb_output, mesh_target, read_manifest  # bench/, the script's folder
 
 MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
 CHUNK = 1024 * 1024
-
-
-def read_manifest(path: Path) -> list[tuple[str, Path]]:
-    with path.open(newline="") as handle:
-        return [(row["id"], (path.parent / row["image"]).resolve()) for row in csv.DictReader(handle)]
 
 
 def download(http: httpx.Client, url: str, target: Path) -> int:
@@ -67,12 +62,10 @@ def one(http: httpx.Client, item_id: str, image: Path, dest: Path, model: str, t
     url = wavespeed.upload(str(image))
     result: dict[str, Any] = wavespeed.run(model, {"image": url}, timeout=timeout_s)
     outputs = [str(o) for o in result.get("outputs") or []]
-    mesh = next((o for o in outputs if urlsplit(o).path.lower().endswith(".glb")), None)
+    mesh = glb_output(outputs)
     if mesh is None:
         raise RuntimeError(f"no .glb output: {outputs[:3]}")
-    folder = dest / item_id
-    folder.mkdir(parents=True, exist_ok=True)
-    download(http, mesh, folder / "mesh.glb")
+    download(http, mesh, mesh_target(dest, item_id))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trimesh
 from PIL import Image, ImageDraw
@@ -162,29 +162,27 @@ def emulator_predictions(emu: EmulatorServer) -> list[EmulatedPrediction]:
     return on_emulator_loop(emu, read)
 
 
-def emulator_media_sha(emu: EmulatorServer, url: str) -> str | None:
-    """sha256 of an upload the emulator holds, from its download URL."""
-    if MEDIA_PREFIX not in url:
+def _emulator_blob_sha(
+    emu: EmulatorServer, url: str, prefix: str, kind: Literal["media", "outputs"]
+) -> str | None:
+    """sha256 of a blob the emulator holds (an upload, or an output), from its download URL."""
+    if prefix not in url:
         return None
-    key = url.split(MEDIA_PREFIX, 1)[1]
+    key = url.split(prefix, 1)[1]
 
     def read() -> str | None:
-        blob = emu.state.store.media.get(key)
+        blob = getattr(emu.state.store, kind).get(key)
         return hashlib.sha256(blob.data).hexdigest() if blob is not None else None
 
     return on_emulator_loop(emu, read)
+
+
+def emulator_media_sha(emu: EmulatorServer, url: str) -> str | None:
+    return _emulator_blob_sha(emu, url, MEDIA_PREFIX, "media")
 
 
 def emulator_output_sha(emu: EmulatorServer, url: str) -> str | None:
-    if OUTPUT_PREFIX not in url:
-        return None
-    name = url.split(OUTPUT_PREFIX, 1)[1]
-
-    def read() -> str | None:
-        blob = emu.state.store.outputs.get(name)
-        return hashlib.sha256(blob.data).hexdigest() if blob is not None else None
-
-    return on_emulator_loop(emu, read)
+    return _emulator_blob_sha(emu, url, OUTPUT_PREFIX, "outputs")
 
 
 # ---- the output folder --------------------------------------------------------------------------------
@@ -325,6 +323,16 @@ class RunResult:
         return self.submits_after - self.submits_before
 
 
+@dataclass(frozen=True)
+class Hy3dCommand:
+    """What every run of the soak starts: the same hy3d command line, environment and working folder
+    (the runs' logs go there too)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    work: Path
+
+
 def hy3d_command(manifest: Path, dest: Path, concurrency: int) -> list[str]:
     script = Path(sys.executable).parent / "hy3d"
     return [str(script), "run", str(manifest), "--output", str(dest), "--concurrency", str(concurrency)]
@@ -348,14 +356,12 @@ def hy3d_env(emu: EmulatorServer, work: Path) -> dict[str, str]:
     return env
 
 
+COUNTERS = ("submits_accepted", "in_flight", "completed", "failed")
+
+
 def counters(emu: EmulatorServer) -> dict[str, int]:
-    stats = emu.stats
-    return {
-        "submits_accepted": stats.submits_accepted,
-        "in_flight": stats.in_flight,
-        "completed": stats.completed,
-        "failed": stats.failed,
-    }
+    """The emulator's COUNTERS now."""
+    return {name: getattr(emu.stats, name) for name in COUNTERS}
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -374,22 +380,25 @@ def live_group_members(pgid: int) -> list[int]:
 
 def run_hy3d(
     name: str,
-    command: list[str],
-    env: dict[str, str],
-    work: Path,
+    hy3d: Hy3dCommand,
     emu: EmulatorServer,
     *,
     kill_after_submits: int | None,
     timeout_s: float,
 ) -> RunResult:
-    log = work / f"{name}.log"
+    log = hy3d.work / f"{name}.log"
     before = emu.stats.submits_accepted
     started = time.monotonic()
     killed = False
     at_end: dict[str, int] = {}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            command, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            hy3d.argv,
+            env=hy3d.env,
+            cwd=hy3d.work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         pgid = proc.pid  # its own session: the group id is its pid
         print(f"  {name}: pid {proc.pid}, log {log}")
@@ -529,16 +538,14 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[int, list[str]]:
         ]
         config = emu.config.public_dict()
         print(f"emulator at {emu.url}: { ({k: config[k] for k in shown}) }")
-        command, env = hy3d_command(manifest, dest, args.concurrency), hy3d_env(emu, work)
-        print("command:", " ".join(command))
+        hy3d = Hy3dCommand(hy3d_command(manifest, dest, args.concurrency), hy3d_env(emu, work), work)
+        print("command:", " ".join(hy3d.argv))
         runs: list[RunResult] = []
 
         # 1. killed mid-run
         threshold = max(1, math.ceil(args.kill_at * len(items)))
         print(f"\n[run 1] kill -9 the process group once {threshold} submits were accepted")
-        first = run_hy3d(
-            "run1", command, env, work, emu, kill_after_submits=threshold, timeout_s=args.run_timeout
-        )
+        first = run_hy3d("run1", hy3d, emu, kill_after_submits=threshold, timeout_s=args.run_timeout)
         runs.append(first)
         if not first.killed:
             print(f"  !! run 1 ended (exit {first.returncode}) before the kill point: no crash was tested")
@@ -571,9 +578,7 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[int, list[str]]:
         names = ["run2"] if args.no_noop_run else ["run2", "run3"]
         for name in names:
             print(f"\n[{name}] same command, to completion")
-            result = run_hy3d(
-                name, command, env, work, emu, kill_after_submits=None, timeout_s=args.run_timeout
-            )
+            result = run_hy3d(name, hy3d, emu, kill_after_submits=None, timeout_s=args.run_timeout)
             runs.append(result)
             print(f"  exit {result.returncode} in {result.seconds:.1f} s, {result.new_submits} new submits")
             for line in log_highlights(result.log):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 _MAGIC = b"glTF"
@@ -17,26 +18,28 @@ def _pad4(data: bytes, fill: bytes) -> bytes:
     return data + fill * (-len(data) % 4)
 
 
+def _chunks(glb: bytes, length: int) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each chunk within the first `length` bytes, in file order."""
+    offset = _HEADER.size
+    while offset + _CHUNK.size <= length:
+        size, kind = _CHUNK.unpack_from(glb, offset)
+        start = offset + _CHUNK.size
+        yield kind, glb[start : start + size]
+        offset = start + size
+
+
 def split_glb(glb: bytes) -> tuple[dict[str, Any], bytes]:
-    """The JSON document and the BIN chunk (b"" when absent) of a GLB file."""
+    """The JSON document and the BIN chunk (b"" when absent) of a GLB file: the first of each type,
+    as glTF allows one of each."""
     magic, version, length = _HEADER.unpack_from(glb, 0)
     if magic != _MAGIC or version != 2 or length > len(glb):
         raise ValueError("not a glTF 2.0 binary")
-    offset = _HEADER.size
-    document: dict[str, Any] | None = None
-    binary = b""
-    while offset + _CHUNK.size <= length:
-        chunk_length, chunk_type = _CHUNK.unpack_from(glb, offset)
-        start = offset + _CHUNK.size
-        body = glb[start : start + chunk_length]
-        if chunk_type == _JSON and document is None:
-            document = json.loads(body.decode("utf-8"))
-        elif chunk_type == _BIN and not binary:
-            binary = body
-        offset = start + chunk_length
-    if document is None:
+    first: dict[bytes, bytes] = {}
+    for kind, body in _chunks(glb, length):
+        first.setdefault(kind, body)
+    if _JSON not in first:
         raise ValueError("GLB without a JSON chunk")
-    return document, binary
+    return json.loads(first[_JSON].decode("utf-8")), first.get(_BIN, b"")
 
 
 def join_glb(document: dict[str, Any], binary: bytes) -> bytes:

@@ -178,13 +178,18 @@ def prompt_mesh(prompt: str, grid: int = 48) -> trimesh.Trimesh:
 
 def vertex_normals(vertices: FloatArray, faces: IntArray) -> FloatArray:
     """Area-weighted unit vertex normals (numpy only; a vertex without faces points along +z)."""
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    unit: FloatArray = np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
+    first, second, third = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    face_normals = np.cross(second - first, third - first)  # as long as twice the face's area: the weight
+    # Each vertex sums the normals of the faces it is a corner of (all first corners, then all second, ...).
+    corner_vertices = faces.T.ravel()
+    summed = np.column_stack(
+        [
+            np.bincount(corner_vertices, weights=np.tile(face_normals[:, axis], 3), minlength=len(vertices))
+            for axis in range(3)
+        ]
+    )
+    length = np.linalg.norm(summed, axis=1, keepdims=True)
+    unit: FloatArray = np.where(length > 0, summed / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
     return unit
 
 

@@ -7,24 +7,15 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from emulator.config import DEFAULT_PRICE_USD
 from emulator.models import MODELS, discounted, price_for
 from emulator.responses import ApiError, envelope, read_json_object, require_auth
-from emulator.state import EmulatorState
+from emulator.routing import RouteGroup, route
 
 
-class AccountRoutes:
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/api/v3/model/price", self.price, methods=["POST"]),
-            Route("/api/v3/balance", self.balance, methods=["GET"]),
-        ]
-
+class AccountRoutes(RouteGroup):
+    @route("/api/v3/model/price", "POST")
     async def price(self, request: Request) -> Response:
         config = self.state.config
         require_auth(request, config, self.state.stats)
@@ -46,6 +37,7 @@ class AccountRoutes:
             data["discount_rate"] = rate
         return envelope({**data, "currency": "USD"})
 
+    @route("/api/v3/balance", "GET")
     async def balance(self, request: Request) -> Response:
         config = self.state.config
         require_auth(request, config, self.state.stats)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from emulator.links import link_expired
 from emulator.responses import s3_error
+from emulator.routing import RouteGroup, route
 from emulator.signing import SIGNED_PREFIX, Verdict
-from emulator.state import EmulatorState
 
 EXPIRED_MESSAGE = "AccessDenied: Request has expired"
 SIGNATURE_MISMATCH = "The request signature we calculated does not match the signature you provided."
@@ -40,26 +39,19 @@ def _no_such_key() -> Response:
     return s3_error(404, "NoSuchKey", "The specified key does not exist.")
 
 
-class CdnRoutes:
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/cdn/media/{key}", self.get_media, methods=["GET", "HEAD"]),
-            Route("/cdn/output/{name}", self.get_output, methods=["GET", "HEAD"]),
-            Route(SIGNED_PREFIX + "{name}", self.get_signed_output, methods=["GET", "HEAD"]),
-        ]
-
+class CdnRoutes(RouteGroup):
+    @route("/cdn/media/{key}", "GET", "HEAD")
     async def get_media(self, request: Request) -> Response:
         blob = self.state.store.media_blob(request.path_params["key"], self.state.config.retention_s)
         if blob is None:
             return _no_such_key()
         return Response(blob.data, media_type=blob.content_type)
 
+    @route("/cdn/output/{name}", "GET", "HEAD")
     async def get_output(self, request: Request) -> Response:
         return self._serve_output(request, request.path_params["name"])
 
+    @route(SIGNED_PREFIX + "{name}", "GET", "HEAD")
     async def get_signed_output(self, request: Request) -> Response:
         name = request.path_params["name"]
         verdict = self.state.signer.check(name, request.query_params)

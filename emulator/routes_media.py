@@ -12,10 +12,9 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from emulator.responses import ApiError, envelope, read_json_object, require_auth, s3_error
-from emulator.state import EmulatorState
+from emulator.routing import RouteGroup, route
 from emulator.store import Blob, PendingUpload
 
 _MULTIPART_SLACK = 64 * 1024
@@ -42,17 +41,7 @@ def _category(content_type: str) -> str:
     return major if major in ("image", "video", "audio") else "file"
 
 
-class MediaRoutes:
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/api/v3/media/upload/binary", self.upload_binary, methods=["POST"]),
-            Route("/api/v3/media/uploads", self.create_upload, methods=["POST"]),
-            Route("/cdn/upload/{token}", self.put_upload, methods=["PUT"]),
-        ]
-
+class MediaRoutes(RouteGroup):
     def _too_large(self, size: int) -> ApiError:
         limit = self.state.config.max_upload_bytes
         return ApiError(413, f"File too large: {size} bytes (limit {limit} bytes)")
@@ -63,6 +52,7 @@ class MediaRoutes:
         return key
 
     # ---- POST /api/v3/media/upload/binary ----------------------------------------------------------
+    @route("/api/v3/media/upload/binary", "POST")
     async def upload_binary(self, request: Request) -> Response:
         state = self.state
         require_auth(request, state.config, state.stats)
@@ -99,6 +89,7 @@ class MediaRoutes:
         )
 
     # ---- POST /api/v3/media/uploads (presigned PUT, step 1) ----------------------------------------
+    @route("/api/v3/media/uploads", "POST")
     async def create_upload(self, request: Request) -> Response:
         state = self.state
         realistic = state.config.realistic
@@ -138,6 +129,7 @@ class MediaRoutes:
         return envelope(data)
 
     # ---- PUT /cdn/upload/{token} (presigned PUT, step 2; no auth, S3-like answers) -----------------
+    @route("/cdn/upload/{token}", "PUT")
     async def put_upload(self, request: Request) -> Response:
         state = self.state
         if "authorization" in request.headers:

@@ -22,7 +22,7 @@ from emulator.responses import (
     server_fault,
     too_many_requests,
 )
-from emulator.state import EmulatorState
+from emulator.routing import RouteGroup, route
 from emulator.stats import bytes_key, prompt_key, url_key
 from emulator.store import Prediction, new_id
 
@@ -32,16 +32,7 @@ BASE64_WITH_WEBHOOK = (
 )
 
 
-class PredictionRoutes:
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/api/v3/predictions/{prediction_id}/result", self.poll, methods=["GET"]),
-            Route("/api/v3/predictions/{prediction_id}", self.poll, methods=["GET"]),
-        ]
-
+class PredictionRoutes(RouteGroup):
     def submit_route(self) -> Route:
         """The catch-all submit route: register it after every other POST route under /api/v3/."""
         return Route("/api/v3/{model_id:path}", self.submit, methods=["POST"])
@@ -150,6 +141,8 @@ class PredictionRoutes:
         return envelope(prediction_json(self.state, prediction))
 
     # ---- poll --------------------------------------------------------------------------------------
+    @route("/api/v3/predictions/{prediction_id}/result", "GET")
+    @route("/api/v3/predictions/{prediction_id}", "GET")
     async def poll(self, request: Request) -> Response:
         state, config = self.state, self.state.config
         require_auth(request, config, state.stats)

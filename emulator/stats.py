@@ -190,9 +190,15 @@ class EmulatorStats:
             self.faults[name] += 1
 
     # ---- readers (for tests) -----------------------------------------------------------------------
-    def polls_for(self, prediction_id: str) -> int:
+    def _count(self, counter: str, key: str) -> int:
+        """`key`'s count in the Counter attribute named `counter`, looked up under the lock because
+        reset() replaces the Counters."""
         with self._lock:
-            return self.polls_by_prediction[prediction_id]
+            counts: Counter[str] = getattr(self, counter)
+            return counts[key]
+
+    def polls_for(self, prediction_id: str) -> int:
+        return self._count("polls_by_prediction", prediction_id)
 
     @property
     def total_polls(self) -> int:
@@ -201,22 +207,19 @@ class EmulatorStats:
 
     def submits_for_image_bytes(self, data: bytes) -> int:
         """Accepted submits whose (primary) image was these bytes uploaded to the emulator."""
-        with self._lock:
-            return self.submits_by_input[bytes_key(data)]
+        return self._count("submits_by_input", bytes_key(data))
 
     def submits_for_url(self, url: str) -> int:
         """Accepted submits whose (primary) image was this foreign (non-emulator) URL."""
-        with self._lock:
-            return self.submits_by_input[url_key(url)]
+        return self._count("submits_by_input", url_key(url))
 
     def submits_for_prompt(self, prompt: str) -> int:
-        with self._lock:
-            return self.submits_by_input[prompt_key(prompt)]
+        """Accepted text-to-3d submits of this prompt."""
+        return self._count("submits_by_input", prompt_key(prompt))
 
     def downloads_for(self, output_url_or_name: str) -> int:
         """Downloads (complete or truncated) of one output, by its URL or file name."""
-        with self._lock:
-            return self.downloads_by_output[_output_name(output_url_or_name)]
+        return self._count("downloads_by_output", _output_name(output_url_or_name))
 
     @property
     def total_downloads(self) -> int:
@@ -276,8 +279,7 @@ class EmulatorStats:
         }
 
     def fault_count(self, name: str) -> int:
-        with self._lock:
-            return self.faults[name]
+        return self._count("faults", name)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything, as JSON-ready values (request keys read "METHOD route status")."""

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from emulator.answers import prediction_json
 from emulator.responses import envelope, require_auth
+from emulator.routing import RouteGroup, route
 from emulator.state import EmulatorState
 from emulator.store import Prediction
 
@@ -93,13 +93,8 @@ async def _post(url: str, headers: dict[str, str], body: bytes) -> int:
             await writer.wait_closed()
 
 
-class WebhookRoutes:
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [Route("/api/v3/webhook/secret", self.secret, methods=["GET"])]
-
+class WebhookRoutes(RouteGroup):
+    @route("/api/v3/webhook/secret", "GET")
     async def secret(self, request: Request) -> Response:
         require_auth(request, self.state.config, self.state.stats)
         return envelope({"secret": self.state.config.webhook_secret})

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -31,20 +30,13 @@ from typing import Any
 
 from flows.records import MESH_FILE, METADATA_FILE
 from tasks.deliverables import FILES, DeliverableSettings, build, is_current
+from tasks.fetch import file_digest
 from tasks.storage import Storage
 
 logger = logging.getLogger("hy3d.deliver")
 
 # Items converted at once per run: conversions are CPU-bound (trimesh, Pillow, USD, gltfpack).
 CONVERSION_SLOTS = max(1, min(4, os.cpu_count() or 1))
-
-
-def _digest(path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return os.path.getsize(path), digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -130,7 +122,7 @@ class Deliverer:
         started = time.monotonic()
         try:
             produced = build(fmt, mesh, folder, self.settings)
-            size, sha256 = _digest(produced)
+            size, sha256 = file_digest(produced)
             name = FILES[fmt]
             if fmt == "web" and self.sidecars:
                 _web_sidecar(self.storage, item_id, produced)

@@ -640,19 +640,20 @@ class _Loader:
             return None
         else:
             item_id = resolved.stem
+
+        def refuse(message: str, implicit_origin: str) -> None:
+            """Record the id's problem; an id taken from a file name also says how to give one."""
+            if not explicit:
+                message += f" ({implicit_origin}; {fix})"
+            problems.append(self._problem(raw.row, "id", message))
+
         reason = validate_item_id(item_id)
         if reason is not None:
-            message = f"invalid id {_show(item_id)}: {reason}"
-            if not explicit:
-                message += f" (the id comes from the file name; {fix})"
-            problems.append(self._problem(raw.row, "id", message))
+            refuse(f"invalid id {_show(item_id)}: {reason}", "the id comes from the file name")
             return None
         first = self.id_rows.get(item_id)
         if first is not None:
-            message = f"duplicate id {_show(item_id)}: row {first} already uses it"
-            if not explicit:
-                message += f" (ids come from file names; {fix})"
-            problems.append(self._problem(raw.row, "id", message))
+            refuse(f"duplicate id {_show(item_id)}: row {first} already uses it", "ids come from file names")
             return None
         # Claimed even when the row has other problems, so fixing those cannot reveal a duplicate later.
         self.id_rows[item_id] = raw.row

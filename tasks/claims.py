@@ -23,8 +23,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
+from tasks.fileinfo import modified_at
 from tasks.storage import STATE_FOLDER, Storage, process_alive
 
 # A claim file that cannot be read (its writer died between create and write on a store without
@@ -78,18 +78,8 @@ class ClaimRegistry:
             info = self.storage.fs.info(self.storage.uncached(self._path(key)))
         except FileNotFoundError:
             return 0.0
-        for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
-            value = info.get(field)
-            if isinstance(value, int | float):
-                return float(value)
-            if isinstance(value, datetime):
-                return value.timestamp()
-            if isinstance(value, str):
-                try:
-                    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-                except ValueError:
-                    continue
-        return time.time()
+        modified = modified_at(info)
+        return time.time() if modified is None else modified
 
     def _is_stale(self, holder: ClaimHolder) -> bool:
         if holder.expires_at < time.time():

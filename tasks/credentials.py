@@ -11,6 +11,8 @@ Then create one in the UI, or from Python::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -74,10 +76,19 @@ class WaveSpeedCredentials(CredentialsBlock):
         return WaveSpeedClient(self.settings())
 
 
-def _not_found(exc: ValueError) -> bool:
-    # Prefect 3.9 turns ObjectNotFound into a bare ValueError, chained; anything else (a validation
-    # error of a stored document, say) is not "missing" and is left alone.
-    return isinstance(exc.__cause__, ObjectNotFound)
+@contextlib.contextmanager
+def _reporting_a_missing_block(block_name: str) -> Iterator[None]:
+    """Raises CredentialsBlockNotFoundError when loading the block finds no block of that name."""
+    try:
+        yield
+    except ValueError as exc:
+        # Prefect 3.9 turns ObjectNotFound into a bare ValueError, chained; anything else (a validation
+        # error of a stored document, say) is not "missing" and is left alone.
+        if isinstance(exc.__cause__, ObjectNotFound):
+            raise CredentialsBlockNotFoundError(
+                block_name, WaveSpeedCredentials.get_block_type_name()
+            ) from None
+        raise
 
 
 def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
@@ -90,17 +101,11 @@ def resolve_settings(block_name: str | None) -> WaveSpeedSettings:
     """
     if block_name is None:
         return load_settings()
-    try:
+    with _reporting_a_missing_block(block_name):
         # ``load`` is ``@async_dispatch``ed: in an async context it would return a coroutine.
         # ``_sync=True`` makes it the synchronous implementation whatever the context.
         load: Any = WaveSpeedCredentials.load
         block: WaveSpeedCredentials = load(block_name, _sync=True)
-    except ValueError as exc:
-        if _not_found(exc):
-            raise CredentialsBlockNotFoundError(
-                block_name, WaveSpeedCredentials.get_block_type_name()
-            ) from None
-        raise
     return block.settings()
 
 
@@ -108,15 +113,9 @@ async def aresolve_settings(block_name: str | None) -> WaveSpeedSettings:
     """Async twin of :func:`resolve_settings`, for async flows and tasks (does not block the loop)."""
     if block_name is None:
         return load_settings()
-    try:
+    with _reporting_a_missing_block(block_name):
         # Prefect's ``inject_client`` decorator erases ``aload``'s return type.
         block: WaveSpeedCredentials = await WaveSpeedCredentials.aload(block_name)
-    except ValueError as exc:
-        if _not_found(exc):
-            raise CredentialsBlockNotFoundError(
-                block_name, WaveSpeedCredentials.get_block_type_name()
-            ) from None
-        raise
     return block.settings()
 
 

@@ -73,11 +73,10 @@ async def _download(client: WaveSpeedClient, storage: Storage, url: str) -> _Sta
     return await retry_async(attempt, on=is_transient, policy=policy, what=f"download {url[:80]}")
 
 
-def _file_digest(path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
+def file_digest(path: str) -> tuple[int, str]:
+    """A local file's size and sha256 (hex)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
+        digest = hashlib.file_digest(handle, "sha256")
     return os.path.getsize(path), digest.hexdigest()
 
 
@@ -100,7 +99,7 @@ def _land_mesh(storage: Storage, staged: _Staged, item_id: str, mesh_name: str) 
     try:
         convert_to_glb(source.path, staged.kind, converted)
         stats = inspect_glb(converted)
-        size, sha256 = _file_digest(converted)
+        size, sha256 = file_digest(converted)
         original_name = f"original.{staged.kind}"
         storage.publish(source.path, item_id, original_name)  # first: mesh.glb means all is there
         storage.publish(converted, item_id, mesh_name)

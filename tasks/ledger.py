@@ -55,16 +55,19 @@ class PredictionLedger:
         except ValidationError:
             return None
 
-    def record_intent(self, content_key: str, model: str, api_root: str) -> LedgerEntry:
+    def _record(self, content_key: str, model: str, api_root: str, **details: Any) -> LedgerEntry:
         entry = LedgerEntry(
             content_key=content_key,
-            state="submitting",
             model=model,
             api_root=api_root,
             recorded_at=datetime.now(UTC).isoformat(),
+            **details,
         )
         self.storage.write_json(entry.model_dump(mode="json"), *self._parts(content_key))
         return entry
+
+    def record_intent(self, content_key: str, model: str, api_root: str) -> LedgerEntry:
+        return self._record(content_key, model, api_root, state="submitting")
 
     def forget(self, content_key: str) -> None:
         """The submit certainly was not accepted: nothing to remember."""
@@ -75,26 +78,9 @@ class PredictionLedger:
     def record_submitted(
         self, content_key: str, prediction_id: str, model: str, api_root: str, inputs: dict[str, Any]
     ) -> LedgerEntry:
-        entry = LedgerEntry(
-            content_key=content_key,
-            state="submitted",
-            prediction_id=prediction_id,
-            model=model,
-            api_root=api_root,
-            recorded_at=datetime.now(UTC).isoformat(),
-            inputs=inputs,
+        return self._record(
+            content_key, model, api_root, state="submitted", prediction_id=prediction_id, inputs=inputs
         )
-        self.storage.write_json(entry.model_dump(mode="json"), *self._parts(content_key))
-        return entry
 
     def record_unknown(self, content_key: str, model: str, api_root: str, reason: str) -> LedgerEntry:
-        entry = LedgerEntry(
-            content_key=content_key,
-            state="unknown",
-            model=model,
-            api_root=api_root,
-            recorded_at=datetime.now(UTC).isoformat(),
-            reason=reason,
-        )
-        self.storage.write_json(entry.model_dump(mode="json"), *self._parts(content_key))
-        return entry
+        return self._record(content_key, model, api_root, state="unknown", reason=reason)

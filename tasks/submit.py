@@ -130,7 +130,10 @@ async def submit_prediction(
     ledger: PredictionLedger | None = None,
     throttle: SubmitThrottle | None = None,
 ) -> SubmittedPrediction:
-    """Plain coroutine behind the task: upload, then one submit (see WaveSpeedClient.submit)."""
+    """Upload, then one submit (see WaveSpeedClient.submit); the coroutine of the task :data:`submit`.
+
+    Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss.
+    With a ``ledger``, the accepted prediction id is recorded in the output storage at once."""
     image_urls = await upload_images(client, request.images, storage_options)
     inputs = {**request.inputs, **image_urls}
     if throttle is not None:
@@ -183,7 +186,7 @@ async def submit_prediction(
     )
 
 
-@task(
+submit = task(
     name="submit",
     cache_key_fn=_cache_key,
     cache_expiration=RETENTION,
@@ -191,14 +194,4 @@ async def submit_prediction(
     result_serializer="json",
     # Resending is decided inside the client: only when the server certainly did not accept it.
     retries=0,
-)
-async def submit(
-    client: WaveSpeedClient,
-    request: SubmitRequest,
-    storage_options: dict[str, Any] | None = None,
-    ledger: PredictionLedger | None = None,
-    throttle: SubmitThrottle | None = None,
-) -> SubmittedPrediction:
-    """Images without bytes are read from ``source`` (with ``storage_options``) only on a cache miss.
-    With a ``ledger``, the accepted prediction id is recorded in the output storage at once."""
-    return await submit_prediction(client, request, storage_options, ledger, throttle)
+)(submit_prediction)

@@ -36,6 +36,7 @@ import pytest
 import flows.hunyuan3d  # noqa: F401
 from emulator import EmulatorConfig, EmulatorServer
 from tasks import retrying
+from tasks.settings import WaveSpeedSettings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hy3d" / "samples"
 
@@ -105,6 +106,11 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
         yield server
 
 
+def settings_for(server: EmulatorServer, **values: Any) -> WaveSpeedSettings:
+    """Client settings pointing at ``server`` (its URL and key), with ``values`` set."""
+    return WaveSpeedSettings(api_key=server.api_key, base_url=server.url, **values)
+
+
 def client_env(server: EmulatorServer) -> dict[str, str]:
     return {
         "WAVESPEED_BASE_URL": server.url,
@@ -131,6 +137,14 @@ def image_server(samples: Path) -> Iterator[str]:
     """A plain static HTTP server on loopback serving the sample images (for URL manifests)."""
     with serve(samples) as url:
         yield url
+
+
+@pytest.fixture
+def missing_image_url(image_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An image URL answering 404, with the client's URL check off (for URLs only WaveSpeed can
+    reach): it is submitted and paid for, and WaveSpeed fails the prediction with 1402."""
+    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")
+    return f"{image_server}/missing.png"
 
 
 @contextlib.contextmanager
@@ -191,8 +205,15 @@ def cli_command(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[s
     return [str(Path(sys.executable).parent / "hy3d"), *args], full_env
 
 
+def run_process(
+    command: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end, its output captured as text (its exit code is the test's to check)."""
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     command, full_env = cli_command(args, env)
-    return subprocess.run(
-        command, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_process(command, full_env, cwd)

@@ -129,16 +129,24 @@ def test_demo_lands_the_sample_meshes(tmp_path: Path) -> None:
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "demo").glob("*/mesh.glb")} == written
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_api_root_without_scheme_is_one_line_at_once(emulator: EmulatorServer, tmp_path: Path) -> None:
-    bare = emulator.url.removeprefix("http://")  # "127.0.0.1:PORT": once, every item failed after 86 s
-    env = {**client_env(emulator), "WAVESPEED_BASE_URL": bare}
-
+def _run_samples_against(
+    base_url: str, emulator: EmulatorServer, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`hy3d run` of the sample manifest into tmp_path/out with WAVESPEED_BASE_URL=base_url (the rest of
+    the client's env from the emulator): the process and its seconds."""
+    env = {**client_env(emulator), "WAVESPEED_BASE_URL": base_url}
     started = time.monotonic()
     result = run_cli(
         ["run", str(ROOT / "hy3d/samples/manifest.csv"), "-o", str(tmp_path / "out")], env, tmp_path
     )
-    elapsed = time.monotonic() - started
+    return result, time.monotonic() - started
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_api_root_without_scheme_is_one_line_at_once(emulator: EmulatorServer, tmp_path: Path) -> None:
+    bare = emulator.url.removeprefix("http://")  # "127.0.0.1:PORT": once, every item failed after 86 s
+
+    result, elapsed = _run_samples_against(bare, emulator, tmp_path)
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines() == [
@@ -158,13 +166,8 @@ def test_closed_port_is_one_line_naming_the_url_within_seconds(
     traceback per item after 102 s), and nothing written but the empty output folder. About 5 s: the
     process's start and ~2 s of tries; the bound leaves room for a loaded machine (11 s seen)."""
     url = f"http://127.0.0.1:{closed_port()}"
-    env = {**client_env(emulator), "WAVESPEED_BASE_URL": url}
 
-    started = time.monotonic()
-    result = run_cli(
-        ["run", str(ROOT / "hy3d/samples/manifest.csv"), "-o", str(tmp_path / "out")], env, tmp_path
-    )
-    elapsed = time.monotonic() - started
+    result, elapsed = _run_samples_against(url, emulator, tmp_path)
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines() == [

@@ -22,21 +22,16 @@ from tasks.errors import (
     SubmitOutcomeUnknownError,
 )
 from tasks.settings import WaveSpeedSettings
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, settings_for
 
 MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
 BALL = (SAMPLES / "red-ball.png").read_bytes()
 
 
 def client_for(server: EmulatorServer, **overrides: object) -> WaveSpeedClient:
-    settings = WaveSpeedSettings(
-        api_key=server.api_key,
-        base_url=server.url,
-        poll_initial_interval_s=0.05,
-        poll_max_interval_s=0.2,
-        **overrides,  # type: ignore[arg-type]
+    return WaveSpeedClient(
+        settings_for(server, poll_initial_interval_s=0.05, poll_max_interval_s=0.2, **overrides)
     )
-    return WaveSpeedClient(settings)
 
 
 async def _submit_and_wait(client: WaveSpeedClient, upload_method: str = "binary") -> tuple[str, str]:
@@ -69,9 +64,8 @@ def test_wait_polls_with_a_growing_interval(emulator: EmulatorServer) -> None:
     emulator.config.latency_s, emulator.config.jitter_s = 1.5, 0.0
 
     async def go() -> int:
-        settings = WaveSpeedSettings(
-            api_key=emulator.api_key,
-            base_url=emulator.url,
+        settings = settings_for(
+            emulator,
             poll_initial_interval_s=0.1,
             poll_backoff=2.0,
             # The suite's environment caps intervals at 0.3 s; uncapped, the test does not sit on
@@ -107,9 +101,8 @@ def test_wrong_key_is_an_authentication_error_and_not_retried(emulator: Emulator
 def test_bad_request_and_not_found(emulator: EmulatorServer) -> None:
     async def go() -> None:
         async with client_for(emulator) as client:
-            with pytest.raises(BadRequestError) as raised:
+            with pytest.raises(BadRequestError, match="image"):
                 await client.submit(MODEL, {})
-            assert "image" in str(raised.value)
             with pytest.raises(NotFoundError):
                 await client.get_prediction("f" * 32)
 

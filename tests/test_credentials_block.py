@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tasks.credentials import (
 )
 from tasks.errors import CredentialsBlockNotFoundError, MissingAPIKeyError
 from tasks.settings import DEFAULT_BASE_URL, WaveSpeedSettings
+from tests.conftest import run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "ws-test-key-5f1c9d2e7a"  # distinctive, so a leak anywhere is easy to spot
@@ -40,6 +41,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("WAVESPEED_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+SetEnv = Callable[..., None]
+
+
+@pytest.fixture
+def wavespeed_env(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> SetEnv:
+    """Sets WAVESPEED_* variables, named by keyword without the prefix, over a clean environment."""
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"WAVESPEED_{name.upper()}", value)
+
+    return set_env
 
 
 class TestWaveSpeedCredentialsStandards(BlockStandardTestSuite):
@@ -95,12 +110,8 @@ def test_the_key_never_shows(caplog: pytest.LogCaptureFixture, clean_env: None) 
     assert client.settings.api_key.get_secret_value() == KEY
 
 
-def test_get_client_carries_the_block_key_and_url_over_env(
-    monkeypatch: pytest.MonkeyPatch, clean_env: None
-) -> None:
-    monkeypatch.setenv("WAVESPEED_API_KEY", "env-key")
-    monkeypatch.setenv("WAVESPEED_BASE_URL", "http://env.invalid")
-    monkeypatch.setenv("WAVESPEED_READ_TIMEOUT_S", "7")
+def test_get_client_carries_the_block_key_and_url_over_env(wavespeed_env: SetEnv) -> None:
+    wavespeed_env(api_key="env-key", base_url="http://env.invalid", read_timeout_s="7")
     block = WaveSpeedCredentials(api_key=SecretStr(KEY), base_url="http://127.0.0.1:9/")
     client = block.get_client()
     assert isinstance(client, WaveSpeedClient)
@@ -112,12 +123,8 @@ def test_get_client_carries_the_block_key_and_url_over_env(
     asyncio.run(client.aclose())
 
 
-def test_resolve_settings_none_reads_the_environment(
-    monkeypatch: pytest.MonkeyPatch, clean_env: None
-) -> None:
-    monkeypatch.setenv("WAVESPEED_API_KEY", "env-key")
-    monkeypatch.setenv("WAVESPEED_BASE_URL", "http://env.example:8900")
-    monkeypatch.setenv("WAVESPEED_WAIT_TIMEOUT_S", "42")
+def test_resolve_settings_none_reads_the_environment(wavespeed_env: SetEnv) -> None:
+    wavespeed_env(api_key="env-key", base_url="http://env.example:8900", wait_timeout_s="42")
     for settings in (resolve_settings(None), asyncio.run(aresolve_settings(None))):
         assert isinstance(settings, WaveSpeedSettings)
         assert settings.require_api_key().get_secret_value() == "env-key"
@@ -148,14 +155,10 @@ class TestAgainstPrefectAPI:
         assert loaded._block_document_name == name
         assert KEY not in repr(loaded)
 
-    def test_resolve_settings_from_a_block_overrides_env(
-        self, monkeypatch: pytest.MonkeyPatch, clean_env: None
-    ) -> None:
+    def test_resolve_settings_from_a_block_overrides_env(self, wavespeed_env: SetEnv) -> None:
         name = _name()
         WaveSpeedCredentials(api_key=SecretStr(KEY), base_url="http://block.example").save(name)
-        monkeypatch.setenv("WAVESPEED_API_KEY", "env-key")
-        monkeypatch.setenv("WAVESPEED_BASE_URL", "http://env.example")
-        monkeypatch.setenv("WAVESPEED_POLL_BACKOFF", "1.25")
+        wavespeed_env(api_key="env-key", base_url="http://env.example", poll_backoff="1.25")
         settings = resolve_settings(name)
         assert settings.require_api_key().get_secret_value() == KEY
         assert settings.base_url == "http://block.example"
@@ -205,14 +208,11 @@ class TestAgainstPrefectAPI:
                 client.update_block_type(existing.id, BlockTypeUpdate(description="stale"))
 
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-        result = subprocess.run(
+        result = run_process(
             [str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "tasks.credentials"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+            env,
+            ROOT,
+            timeout_s=180,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Successfully registered 1 block" in result.stdout, result.stdout

@@ -12,46 +12,36 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import (
-    ConfigurationError,
-    CredentialsBlockNotFoundError,
-    DeliverablesUnavailableError,
-    InvalidSettingsError,
-    ManifestError,
-    MissingAPIKeyError,
-    OutputNotWritableError,
-    UnknownFormatError,
-    UnknownModelError,
-)
+from tasks import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = ("flows", "tasks", "hy3d")
 ERROR_MODULES = {"tasks/errors.py", "flows/records.py", "hy3d/cli.py"}
 CONFIGURATION_ERRORS = [
-    MissingAPIKeyError,
-    CredentialsBlockNotFoundError,
-    InvalidSettingsError,
-    UnknownModelError,
-    ManifestError,
-    OutputNotWritableError,
-    DeliverablesUnavailableError,
-    UnknownFormatError,
+    errors.MissingAPIKeyError,
+    errors.CredentialsBlockNotFoundError,
+    errors.InvalidSettingsError,
+    errors.UnknownModelError,
+    errors.ManifestError,
+    errors.OutputNotWritableError,
+    errors.DeliverablesUnavailableError,
+    errors.UnknownFormatError,
 ]
 
 
 @pytest.mark.parametrize("error", CONFIGURATION_ERRORS, ids=lambda error: error.__name__)
 def test_every_configuration_error_is_one_class_and_still_a_value_error(error: type[Exception]) -> None:
-    assert issubclass(error, ConfigurationError)
+    assert issubclass(error, errors.ConfigurationError)
     assert issubclass(error, ValueError)
 
 
 def test_a_missing_credentials_block_is_a_missing_key_and_pickles() -> None:
-    error = CredentialsBlockNotFoundError("hy3d", "WaveSpeed Credentials")
-    assert isinstance(error, MissingAPIKeyError)
+    error = errors.CredentialsBlockNotFoundError("hy3d", "WaveSpeed Credentials")
+    assert isinstance(error, errors.MissingAPIKeyError)
 
     copy = pickle.loads(pickle.dumps(error))
 
-    assert type(copy) is CredentialsBlockNotFoundError
+    assert type(copy) is errors.CredentialsBlockNotFoundError
     assert (str(copy), copy.block_name, copy.block_type_name) == (str(error), "hy3d", "WaveSpeed Credentials")
 
 

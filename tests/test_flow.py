@@ -237,17 +237,12 @@ def test_key_revoked_mid_run_stops_new_submits(
 
 
 def test_failed_prediction_is_recorded_while_others_land(
-    emulator: EmulatorServer,
-    image_server: str,
-    samples: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer, missing_image_url: str, samples: Path, tmp_path: Path
 ) -> None:
     """An input URL WaveSpeed cannot download fails the task with data.code 1402. With the URL check
     off (for URLs only WaveSpeed can reach) a URL answering 404 here is submitted all the same."""
-    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")
     manifest = samples / "mixed.csv"
-    manifest.write_text(f"id,image\nball,red-ball.png\nbroken,{image_server}/missing.png\nmug,blue-mug.png\n")
+    manifest.write_text(f"id,image\nball,red-ball.png\nbroken,{missing_image_url}\nmug,blue-mug.png\n")
     output = tmp_path / "out"
 
     state, summary = run_flow(manifest=str(manifest), output=str(output))
@@ -264,7 +259,7 @@ def test_failed_prediction_is_recorded_while_others_land(
     assert not (output / "broken" / "mesh.glb").exists()
     outcome = next(item for item in summary.items if item.id == "broken")
     assert outcome.error_code == 1402
-    assert emulator.stats.submits_for_url(f"{image_server}/missing.png") == 1  # not checked: paid
+    assert emulator.stats.submits_for_url(missing_image_url) == 1  # not checked: paid
 
 
 def test_bad_rows_are_reported_and_the_rest_land(

@@ -342,7 +342,7 @@ def test_gallery_on_object_storage(tmp_path: Path) -> None:
     assert '"id":"ball"' in page and "_gallery/gallery.js?v=" in page
     assert (
         storage.size(ASSETS_FOLDER, "three-viewer.min.js")
-        == (Path(__file__).parents[1] / "flows" / "gallery_assets" / "three-viewer.min.js").stat().st_size
+        == (Path(__file__).parents[1] / "flows/gallery_assets/vendor/three-viewer.min.js").stat().st_size
     )
     fs.rm(root.removeprefix("memory://"), recursive=True)
 
@@ -362,14 +362,9 @@ def _cards(out: Path) -> list[dict[str, Any]]:
 @needs_chromium
 @pytest.mark.usefixtures("prefect_harness")
 def test_gallery_of_a_real_run_in_chromium(
-    emulator: EmulatorServer,
-    image_server: str,
-    samples: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer, missing_image_url: str, samples: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")  # the missing image fails on WaveSpeed
-    missing = f"{image_server}/missing.png"
+    missing = missing_image_url  # fails on WaveSpeed
     manifest = samples / "manifest.csv"
     manifest.write_text(
         "id,image\n" + "".join(f"{Path(n).stem},{n}\n" for n in SAMPLE_NAMES) + f"broken,{missing}\n"

@@ -52,6 +52,13 @@ def only_error(manifest: Manifest) -> RowProblem:
     return manifest.errors[0]
 
 
+def one_problem(source: Path, row: int, field: str) -> RowProblem:
+    """The only problem loading ``source`` finds, which must be at ``row`` in ``field``."""
+    problem = only_error(load_manifest(source))
+    assert (problem.row, problem.field) == (row, field)
+    return problem
+
+
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     """tmp_path with a.png (a real PNG), b.jpg and sub/c.webp."""
@@ -281,9 +288,8 @@ def test_http_url_passes_through_with_id_from_url_stem(tmp_path: Path) -> None:
 def test_http_url_without_valid_host_is_rejected(tmp_path: Path, url: str, expected: str) -> None:
     source = write(tmp_path / "m.csv", f"image\n{url}\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 2, "image")
 
-    assert (problem.row, problem.field) == (2, "image")
     assert expected in problem.message
     assert url in problem.message
 
@@ -291,9 +297,8 @@ def test_http_url_without_valid_host_is_rejected(tmp_path: Path, url: str, expec
 def test_url_with_spaces_is_rejected(tmp_path: Path) -> None:
     source = write(tmp_path / "m.jsonl", '{"image": "https://example.com/my photo.png"}\n')
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "image")
 
-    assert (problem.row, problem.field) == (1, "image")
     assert "percent-encode" in problem.message
 
 
@@ -356,9 +361,8 @@ def test_relative_path_escaping_the_manifest_folder_is_rejected(tmp_path: Path, 
     touch(tmp_path / "a.png")
     source = write(tmp_path / "batch" / "m.csv", f"image\n{value}\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 2, "image")
 
-    assert (problem.row, problem.field) == (2, "image")
     assert problem.message == f"relative path {value!r} leads outside the manifest's folder"
 
 
@@ -375,9 +379,8 @@ def test_relative_path_escaping_the_manifest_folder_is_rejected(tmp_path: Path, 
 def test_unsupported_schemes_are_rejected(tmp_path: Path, value: str, scheme: str) -> None:
     source = write(tmp_path / "m.jsonl", f'{{"image": "{value}", "id": "x"}}\n')
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "image")
 
-    assert (problem.row, problem.field) == (1, "image")
     assert problem.message.startswith(f"unsupported scheme '{scheme}:' in ")
 
 
@@ -394,9 +397,8 @@ def test_file_name_with_colon_gets_a_hint(tmp_path: Path) -> None:
 def test_windows_drive_path_is_rejected(tmp_path: Path) -> None:
     source = write(tmp_path / "m.txt", "C:\\photos\\a.png\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "image")
 
-    assert (problem.row, problem.field) == (1, "image")
     assert "Windows drive paths are not supported" in problem.message
 
 
@@ -431,9 +433,8 @@ def test_directory_instead_of_file_is_a_row_error(tmp_path: Path) -> None:
     (tmp_path / "folder.png").mkdir()
     source = write(tmp_path / "m.txt", "folder.png\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "image")
 
-    assert (problem.row, problem.field) == (1, "image")
     assert problem.message.startswith("is a directory, not an image file")
 
 
@@ -451,9 +452,8 @@ def test_non_image_extension_is_a_row_error(tmp_path: Path, name: str, what: str
     touch(tmp_path / name)
     source = write(tmp_path / "m.csv", f"image\n{name}\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 2, "image")
 
-    assert (problem.row, problem.field) == (2, "image")
     assert problem.message == (
         f"{tmp_path / name} has {what}; allowed image extensions: .jpeg, .jpg, .png, .webp"
     )
@@ -480,9 +480,8 @@ def test_empty_image_value_is_a_row_error(images: Path) -> None:
 def test_control_characters_in_image_are_rejected(tmp_path: Path) -> None:
     source = write(tmp_path / "m.jsonl", '{"image": "a\\u0000.png"}\n')
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "image")
 
-    assert (problem.row, problem.field) == (1, "image")
     assert "control characters" in problem.message
 
 
@@ -535,9 +534,8 @@ def test_invalid_derived_id_says_where_it_came_from(tmp_path: Path) -> None:
     touch(tmp_path / "runs.png")
     source = write(tmp_path / "m.txt", "runs.png\n")
 
-    problem = only_error(load_manifest(source))
+    problem = one_problem(source, 1, "id")
 
-    assert (problem.row, problem.field) == (1, "id")
     assert problem.message.startswith("invalid id 'runs': 'runs' is reserved")
     assert "the id comes from the file name" in problem.message
 

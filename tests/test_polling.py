@@ -24,7 +24,7 @@ from tasks.polling import (
     planned_pause,
     scout_pause,
 )
-from tasks.settings import WaveSpeedSettings
+from tests.conftest import settings_for
 from tests.test_client import BALL, MODEL
 
 
@@ -182,13 +182,7 @@ def test_a_cold_first_wave_polls_little_and_notices_completions_soon(emulator: E
     rest. Growing intervals from 0.1 s (×1.5, the schedule before scouts) took 5.0 polls each
     here, notice lag 0.13 s; with scouts 1.9 polls, 0.06 s."""
     emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 2.0, 0.2, 0
-    settings = WaveSpeedSettings(
-        api_key=emulator.api_key,
-        base_url=emulator.url,
-        poll_initial_interval_s=0.1,
-        poll_backoff=1.5,
-        poll_max_interval_s=2.0,
-    )
+    settings = settings_for(emulator, poll_initial_interval_s=0.1, poll_backoff=1.5, poll_max_interval_s=2.0)
 
     async def go() -> list[str]:
         async with WaveSpeedClient(settings) as client:
@@ -209,7 +203,7 @@ def test_polls_are_timed_from_the_moment_the_submit_was_accepted(emulator: Emula
     """The flow writes its ledger and cache records between the submit and the wait (seconds,
     with thousands in flight); the first poll still goes out when the prediction should be done."""
     emulator.config.latency_s, emulator.config.jitter_s = 1.0, 0.0
-    settings = WaveSpeedSettings(api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=0.1)
+    settings = settings_for(emulator, poll_initial_interval_s=0.1)
 
     async def go() -> str:
         async with WaveSpeedClient(settings) as client:
@@ -232,9 +226,7 @@ def test_queued_followers_whose_scouts_left_early_poll_instead_of_sleeping(emula
     60 s safety poll. Four items, two slots and one queued, scouts finishing apart: before the fix the
     last two took 65 s each."""
     emulator.config.latency_s, emulator.config.jitter_s, emulator.config.max_concurrency = 2.4, 0.0, 2
-    settings = WaveSpeedSettings(
-        api_key=emulator.api_key, base_url=emulator.url, poll_initial_interval_s=2.0, poll_max_interval_s=15.0
-    )
+    settings = settings_for(emulator, poll_initial_interval_s=2.0, poll_max_interval_s=15.0)
 
     async def go() -> dict[int, float]:
         walls: dict[int, float] = {}

@@ -51,15 +51,10 @@ async def _artifacts(flow_run_id: str) -> dict[str, object]:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_every_run_publishes_progress_table_and_summary(
-    emulator: EmulatorServer,
-    image_server: str,
-    samples: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer, missing_image_url: str, samples: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")  # the missing image fails on WaveSpeed (1402)
-    manifest = samples / "manifest.csv"
-    manifest.write_text(f"id,image\nball,red-ball.png\nmug,blue-mug.png\nbroken,{image_server}/missing.png\n")
+    manifest = samples / "manifest.csv"  # the missing image fails on WaveSpeed (1402)
+    manifest.write_text(f"id,image\nball,red-ball.png\nmug,blue-mug.png\nbroken,{missing_image_url}\n")
 
     state, summary = run_flow(manifest=str(manifest), output=str(tmp_path / "out"))
 

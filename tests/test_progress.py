@@ -43,7 +43,7 @@ from hy3d.progress import (
 )
 from hy3d.summary import plain_table, print_summary, rich_table
 from tasks.storage import storage_error_message
-from tests.conftest import cli_command, client_env, run_cli
+from tests.conftest import cli_command, client_env, run_cli, run_process
 
 PROGRESS_LINE = re.compile(
     r"^(\d+)/(\d+) done, (\d+) failed(, \d+ skipped)?, \$\d+\.\d\d spent(, ETA (\S+))?$"
@@ -174,23 +174,27 @@ def test_task_run_tracebacks_are_left_out_of_the_console_only() -> None:
     assert "Traceback" in formatter.format(crashed)  # a flow's crash keeps its traceback
 
 
+def built_summary(items: list[ItemOutcome], output: str, **cost: float) -> RunSummary:
+    """The summary of a run of model "m" over "m.csv" (no flow run, no row problems)."""
+    return RunSummary.build(
+        manifest="m.csv",
+        output=output,
+        model="m",
+        flow_run_id=None,
+        started_at="2026-01-01T00:00:00Z",
+        items=items,
+        problems=[],
+        **cost,
+    )
+
+
 def summary(**changes: object) -> RunSummary:
     items = [
         outcome(ItemStatus.completed, 1),
         outcome(ItemStatus.completed, 2),
         outcome(ItemStatus.failed, 3),
     ]
-    built = RunSummary.build(
-        manifest="m.csv",
-        output="/data/out",
-        model="m",
-        flow_run_id=None,
-        started_at="2026-01-01T00:00:00Z",
-        items=items,
-        problems=[],
-        cost_usd=0.06,
-        refund_usd=0.02,
-    )
+    built = built_summary(items, "/data/out", cost_usd=0.06, refund_usd=0.02)
     built.summary_url, built.gallery_url = "/data/out/runs/x.json", "file:///data/out/index.html"
     return built.model_copy(update=changes)
 
@@ -217,15 +221,7 @@ def test_deliverables_not_made_are_listed_and_counted() -> None:
     made = outcome(ItemStatus.completed, 1).model_copy(
         update={"deliverables": {"usdz": {"error": "usd-core is not installed"}, "stl": {"path": "mesh.stl"}}}
     )
-    built = RunSummary.build(
-        manifest="m.csv",
-        output="/o",
-        model="m",
-        flow_run_id=None,
-        started_at="2026-01-01T00:00:00Z",
-        items=[made],
-        problems=[],
-    )
+    built = built_summary([made], "/o")
     out = io.StringIO()
     print_summary(built, terminal=False, out=out)
     printed = out.getvalue().splitlines()
@@ -458,14 +454,8 @@ def test_a_folder_it_may_not_write_is_one_line(
     command, env = cli_command(
         ["run", str(write_manifest(samples)), "-o", str(locked / "out")], client_env(emulator)
     )
-    result = subprocess.run(
-        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_process(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command], env, tmp_path, timeout_s=120
     )
     assert_one_line(result, f"cannot write to {locked / 'out'}: permission denied")
 

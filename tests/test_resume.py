@@ -207,15 +207,10 @@ def test_transient_failures_are_resubmitted_only_with_retry_failed(
 
 
 def test_permanent_failures_are_not_resubmitted_even_with_retry_failed(
-    emulator: EmulatorServer,
-    image_server: str,
-    tmp_path: Path,
-    output: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer, missing_image_url: str, tmp_path: Path, output: Path
 ) -> None:
-    monkeypatch.setenv("WAVESPEED_CHECK_IMAGE_URLS", "false")  # a 404 URL reaches WaveSpeed: 1402
     manifest = tmp_path / "urls.txt"
-    manifest.write_text(f"{image_server}/missing.png\n")
+    manifest.write_text(f"{missing_image_url}\n")  # reaches WaveSpeed: 1402
     run_flow(manifest=str(manifest), output=str(output))
     _state, summary = run_flow(manifest=str(manifest), output=str(output), retry_failed=True)
     assert summary.counts == {"failed": 1}

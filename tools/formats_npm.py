@@ -13,78 +13,27 @@ only: it runs before the project's environment exists.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SPEC = Path(__file__).resolve().parent / "formats-npm"
-INSTALL_DIR = ROOT / ".cache" / "formats-npm"
-PACKAGES = json.loads((SPEC / "package.json").read_text())["dependencies"]
-MIN_NODE_MAJOR = 18
+# Run as a script, this folder is on sys.path.
+from npm_tree import CACHE, ROOT, NpmTree, NpmUnavailable
 
-
-class ToolsUnavailable(RuntimeError):
-    """The tools cannot be installed here; the message says why."""
-
-
-def installed_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        manifest = INSTALL_DIR / "node_modules" / name / "package.json"
-        try:
-            versions[name] = str(json.loads(manifest.read_text())["version"])
-        except (OSError, ValueError, KeyError):
-            versions[name] = None
-    return versions
-
-
-def _node_major() -> int:
-    node = shutil.which("node")
-    if node is None:
-        raise ToolsUnavailable(f"Node.js is not installed (gltfpack needs node >= {MIN_NODE_MAJOR} and npm)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    try:
-        return int(version.stdout.strip().lstrip("v").split(".")[0])
-    except ValueError as exc:
-        raise ToolsUnavailable(f"cannot read the Node.js version from {version.stdout!r}") from exc
-
-
-def ensure_installed() -> Path:
-    """The ``node_modules`` folder holding the pinned tools, installing them first when missing."""
-    major = _node_major()
-    if major < MIN_NODE_MAJOR:
-        raise ToolsUnavailable(f"gltfpack needs Node.js >= {MIN_NODE_MAJOR}, found {major}")
-    if installed_versions() == PACKAGES:
-        return INSTALL_DIR / "node_modules"
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ToolsUnavailable("npm is not installed (needed once to install gltfpack)")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(SPEC / name, INSTALL_DIR / name)
-    result = subprocess.run(
-        [npm, "ci", "--prefix", str(INSTALL_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0 or installed_versions() != PACKAGES:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise ToolsUnavailable(f"npm ci of {PACKAGES} failed: {' | '.join(tail)}")
-    return INSTALL_DIR / "node_modules"
+TREE = NpmTree(
+    spec=Path(__file__).resolve().parent / "formats-npm",
+    install_dir=CACHE / "formats-npm",
+    min_node_major=18,
+    user="gltfpack",
+)
 
 
 def main() -> int:
     try:
-        modules = ensure_installed()
-    except ToolsUnavailable as exc:
+        modules = TREE.ensure_installed()
+    except NpmUnavailable as exc:
         print(f"formats tools: {exc}", file=sys.stderr)
         return 1
-    listed = ", ".join(f"{name} {version}" for name, version in PACKAGES.items())
+    listed = ", ".join(f"{name} {version}" for name, version in TREE.packages.items())
     print(f"{listed}: {modules.relative_to(ROOT)}")
     return 0
 

@@ -262,7 +262,7 @@ def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServ
     """azurite-blob from npm (installed into .cache/azurite when missing), in memory, on a free port."""
     try:
         executable = azurite.ensure_installed()
-    except (azurite.AzuriteUnavailable, OSError, subprocess.SubprocessError) as exc:
+    except (azurite.NpmUnavailable, OSError, subprocess.SubprocessError) as exc:
         unavailable("azure", f"azurite {azurite.VERSION} cannot be installed: {exc}")
     port = free_port()
     log = tmp_path_factory.mktemp("azurite") / "azurite.log"

@@ -52,6 +52,13 @@ def run(backend: Backend, manifest: str, **parameters: Any) -> tuple[Any, Any]:
     )
 
 
+def run_to_completion(backend: Backend, manifest: str, **parameters: Any) -> Any:
+    """:func:`run`, which must complete: its summary."""
+    state, summary = run(backend, manifest, **parameters)
+    assert state.is_completed(), state.message
+    return summary
+
+
 def assert_mesh_landed(backend: Backend, item_id: str) -> dict[str, Any]:
     """``out/<id>/mesh.glb`` on the backend is a whole, verified GLB described by its metadata."""
     metadata: dict[str, Any] = json.loads(backend.read(f"out/{item_id}/metadata.json"))
@@ -128,9 +135,8 @@ def test_images_are_read_from_the_backend_and_uploaded(
 ) -> None:
     manifest = put_inputs(backend, samples)
 
-    state, summary = run(backend, manifest)
+    summary = run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     assert summary.landed == 2
     assert emulator.stats.total_uploads == 2
     for name in IMAGES:
@@ -152,9 +158,8 @@ def test_local_inputs_go_to_the_backend_with_its_options(
     manifest = samples / "manifest.csv"
     manifest.write_text(f"id,image\n{stem(IMAGES[0])},{IMAGES[0]}\n")
 
-    state, _ = run(backend, str(manifest))
+    run_to_completion(backend, str(manifest))
 
-    assert state.is_completed(), state.message
     metadata = assert_mesh_landed(backend, stem(IMAGES[0]))
     assert metadata["source"]["image"] == str(samples / IMAGES[0])
     assert emulator.stats.total_uploads == 1
@@ -169,9 +174,8 @@ def test_meshes_and_metadata_are_written_to_the_backend(
 ) -> None:
     manifest = put_inputs(backend, samples)
 
-    state, summary = run(backend, manifest)
+    summary = run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     for name in IMAGES:
         metadata = assert_mesh_landed(backend, stem(name))
         item = next(i for i in summary.items if i.id == stem(name))
@@ -217,9 +221,8 @@ def test_a_failed_download_never_leaves_a_mesh_or_a_partial_object(
 
     # The paid prediction is in the backend's ledger: the next run downloads it, pays nothing more.
     emulator.config.download_truncate_rate = 0.0
-    state, _ = run(backend, manifest)
+    run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     assert assert_mesh_landed(backend, item_id)["prediction"]["reused"] is True
     assert emulator.stats.submits_received == 1
     assert partials(backend) == []
@@ -232,17 +235,15 @@ def test_ledger_lives_on_the_backend_and_reruns_pay_nothing(
     backend: Backend, emulator: EmulatorServer, samples: Path, prefect_harness: Path
 ) -> None:
     manifest = put_inputs(backend, samples)
-    state, summary = run(backend, manifest)
-    assert state.is_completed(), state.message
+    summary = run_to_completion(backend, manifest)
     entries = ledger(backend)
     assert sorted(e["prediction_id"] for e in entries) == sorted(i.prediction_id for i in summary.items)
     assert {e["state"] for e in entries} == {"submitted"}
     counts = (emulator.stats.submits_received, emulator.stats.total_uploads, emulator.stats.total_polls)
     assert counts[0] == 2
 
-    state, summary = run(backend, manifest)
+    summary = run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     assert summary.counts == {"already_done": 2}
     assert (
         emulator.stats.submits_received,
@@ -257,9 +258,8 @@ def test_ledger_lives_on_the_backend_and_reruns_pay_nothing(
     forget_prefect_cache(prefect_harness)
     downloads = emulator.stats.total_downloads
 
-    state, summary = run(backend, manifest)
+    summary = run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     assert summary.counts == {"completed": 1, "already_done": 1}
     assert assert_mesh_landed(backend, item_id)["prediction"]["reused"] is True
     assert emulator.stats.submits_received == 2
@@ -282,9 +282,8 @@ def test_timeout_then_rerun_resumes_from_the_backend_ledger(
     assert not backend.exists(f"out/{stem(IMAGES[0])}/mesh.glb")
     forget_prefect_cache(prefect_harness)
 
-    state, _ = run(backend, manifest)
+    run_to_completion(backend, manifest)
 
-    assert state.is_completed(), state.message
     metadata = assert_mesh_landed(backend, stem(IMAGES[0]))
     assert metadata["prediction"]["id"] == entry["prediction_id"]
     assert metadata["prediction"]["reused"] is True
