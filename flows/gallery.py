@@ -40,7 +40,6 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +48,7 @@ import fsspec
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.records import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, ItemStatus, RunSummary, utc_now
+from tasks.fileinfo import modified_at
 from tasks.meshinfo import FULL_PARSE_MAX_BYTES
 from tasks.storage import STATE_FOLDER, Storage, storage_error_message
 
@@ -73,7 +73,12 @@ MAX_BACKFILL = 200
 MAX_ATTEMPTS = 3  # a mesh whose preview failed this many times is left alone until it changes
 WORKERS = 4
 ASSETS_DIR = Path(__file__).resolve().parent / "gallery_assets"
-ASSET_FILES = ("three-viewer.min.js", "gallery.js", "gallery.css")
+# Published under DEST/_gallery/ by name; third-party code is kept apart, in vendor/.
+ASSET_FILES = {
+    "three-viewer.min.js": ASSETS_DIR / "vendor" / "three-viewer.min.js",
+    "gallery.js": ASSETS_DIR / "gallery.js",
+    "gallery.css": ASSETS_DIR / "gallery.css",
+}
 CACHE_SCHEMA = "prefect-hunyuan3d/gallery-cache/v1"
 
 
@@ -282,7 +287,7 @@ class _Entry:
         """Missing, or older than the mesh it was made from."""
         if asset not in self.files:
             return True
-        made, mesh = _timestamp(self.files[asset]), _timestamp(self.files.get(MESH_FILE, {}))
+        made, mesh = modified_at(self.files[asset]), modified_at(self.files.get(MESH_FILE, {}))
         return made is not None and mesh is not None and made + 1e-3 < mesh
 
 
@@ -475,19 +480,6 @@ def _version(info: Mapping[str, Any]) -> str:
     return f"{info.get('size')}:{info.get('created')}"
 
 
-def _timestamp(info: Mapping[str, Any]) -> float | None:
-    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
-        value = info.get(name)
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return None
-
-
 def _size(entry: _Entry, name: str) -> int:
     size = entry.files.get(name, {}).get("size")
     return int(size) if isinstance(size, int | float) else 0
@@ -671,8 +663,8 @@ def _write_assets(storage: Storage, previous_cache: Mapping[str, Any]) -> dict[s
     assets = previous_cache.get("assets")
     published: Mapping[str, Any] = assets if isinstance(assets, dict) else {}
     versions: dict[str, str] = {}
-    for name in ASSET_FILES:
-        data = (ASSETS_DIR / name).read_bytes()
+    for name, source in ASSET_FILES.items():
+        data = source.read_bytes()
         digest = hashlib.sha256(data).hexdigest()[:16]
         versions[name] = digest
         if published.get(name) == digest and storage.size(ASSETS_FOLDER, name) == len(data):

@@ -65,9 +65,9 @@ from flows.options import (
 )
 from flows.records import (
     RUNS_FOLDER,
+    ChunksFailedError,
     ItemOutcome,
     ItemStatus,
-    RunFailedError,
     RunInterruptedError,
     RunSummary,
     utc_now,
@@ -161,24 +161,6 @@ class ShardedRunSummary(RunSummary):
     @property
     def failed_chunks(self) -> list[ChunkResult]:
         return [chunk for chunk in self.chunks if not chunk.ok]
-
-
-class ChunksFailedError(RunFailedError):
-    """Some chunks did not complete; the message names them and their flow run ids."""
-
-    def __init__(self, summary: ShardedRunSummary) -> None:
-        super().__init__(summary)
-        self.summary: ShardedRunSummary = summary
-        failed = summary.failed_chunks
-        parts = [summary.stop_reason] if summary.stop_reason else []
-        if failed:
-            listed = "; ".join(chunk.describe() for chunk in failed)
-            parts.append(f"{len(failed)} of {len(summary.chunks)} chunk(s) did not complete: {listed}")
-        parts.append(summary.headline())
-        self.args = (" | ".join(parts),)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.summary,))
 
 
 @dataclass
