@@ -48,9 +48,8 @@ import fsspec
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.records import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, ItemStatus, RunSummary, utc_now
-from tasks.fileinfo import modified_at
 from tasks.meshinfo import FULL_PARSE_MAX_BYTES
-from tasks.storage import STATE_FOLDER, Storage, storage_error_message
+from tasks.storage import STATE_FOLDER, Storage, modified_at, storage_error_message
 
 logger = logging.getLogger("hy3d.gallery")
 

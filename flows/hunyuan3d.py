@@ -17,9 +17,7 @@ from prefect.results import ResultStore
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.artifacts import ProgressArtifact, publish_run_artifacts
 from flows.checks import RunSetup, check_setup, ensure_limits
-from flows.deliver import Deliverer
 from flows.durations import read_durations, seed_estimator, write_durations
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
@@ -45,7 +43,7 @@ from flows.options import (
 )
 from flows.pipeline import RunContext, process_item
 from flows.prepare import PreparedItem, RejectedItem, prepare_items
-from flows.progress import current_progress
+from flows.progress import ProgressArtifact, current_progress, publish_run_artifacts
 from flows.records import (
     RUNS_FOLDER,
     ItemOutcome,
@@ -291,6 +289,8 @@ async def _context(
         submit_task=run.submit_task,
     )
     if run.setup.deliverables.formats:
+        from flows.deliver import Deliverer  # formats beyond mesh.glb: their libraries only when asked for
+
         ctx.deliverer = Deliverer(run.setup.deliverables, run.storage, sidecars=ctx.previews)
     return ctx
 

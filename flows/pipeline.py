@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prefect import Task
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 
-from flows.deliver import Deliverer
 from flows.gallery import write_preview
 from flows.prepare import PreparedItem
 from flows.records import (
@@ -52,6 +51,9 @@ from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
 from tasks.storage import Storage, small_io, storage_error_message
 from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
 from tasks.wait import wait
+
+if TYPE_CHECKING:
+    from flows.deliver import Deliverer
 
 T = TypeVar("T")
 

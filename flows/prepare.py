@@ -8,7 +8,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 from pydantic import ValidationError
@@ -18,7 +18,9 @@ from tasks.errors import ImageProblem
 from tasks.images import MAX_IMAGE_BYTES, ImageInfo, inspect_image
 from tasks.models import ModelSpec, describe_validation_error
 from tasks.submit import ImageInput, SubmitRequest
-from tasks.urlcheck import UrlCheck, check_urls
+
+if TYPE_CHECKING:
+    from tasks.urlcheck import UrlCheck
 
 # Reading images to hash them is I/O bound; keep a few in flight, not thousands.
 PREPARE_CONCURRENCY = 8
@@ -153,13 +155,18 @@ async def prepare_items(
 async def _check_image_urls(
     entries: list[PreparedItem | RejectedItem], spec: ModelSpec
 ) -> list[PreparedItem | RejectedItem]:
-    checks = await check_urls(
+    urls = [
         image.url
         for entry in entries
         if isinstance(entry, PreparedItem)
         for image in entry.request.images
         if image.url is not None
-    )
+    ]
+    if not urls:
+        return entries
+    from tasks.urlcheck import check_urls  # only for manifests with image URLs
+
+    checks = await check_urls(urls)
     if not checks:
         return entries
     return [_judged(entry, checks, spec) if isinstance(entry, PreparedItem) else entry for entry in entries]

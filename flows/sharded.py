@@ -42,7 +42,6 @@ from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 from pydantic import BaseModel, Field, ValidationError
 
-from flows.artifacts import publish_run_artifacts
 from flows.checks import RunSetup, check_setup, ensure_limits, shared_limits
 from flows.interrupt import Interruption, stop_on_signals
 from flows.manifest import Manifest
@@ -63,6 +62,7 @@ from flows.options import (
     Sharding,
     ShardingParam,
 )
+from flows.progress import publish_run_artifacts
 from flows.records import (
     RUNS_FOLDER,
     ChunksFailedError,

@@ -44,24 +44,20 @@ class UsageError(Exception):
     """Bad arguments or configuration: reported in one line, exit code 2."""
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from flows.options import RunOptions
-
-    add_option_flags(parser, RunOptions)
-    parser.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        help="Show Prefect's INFO lines for every flow and task run (default: warnings and errors only).",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hy3d",
         description="Turn a manifest of images into GLB meshes with WaveSpeed's Hunyuan3D, on Prefect.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_flow_commands(commands)
+    _add_tool_commands(commands)
+    return parser
+
+
+def _add_flow_commands(commands: Any) -> None:
+    """``run``, ``run-sharded`` and ``estimate``: their flags are the flows' options."""
+    from flows.options import RunOptions, ShardedRunOptions
 
     run = commands.add_parser(
         "run",
@@ -70,8 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "WAVESPEED_API_KEY and WAVESPEED_BASE_URL. Exit 0 when every item landed, 1 when any did "
         "not, 2 for usage or configuration errors.",
     )
-    _add_run_arguments(run)
-
+    add_option_flags(run, RunOptions)
+    run.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Show Prefect's INFO lines for every flow and task run (default: warnings and errors only).",
+    )
     sharded = commands.add_parser(
         "run-sharded",
         help="Run the flow over a manifest in chunks, each a flow run on a Prefect work pool.",
@@ -79,10 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hunyuan3d-meshes/on-demand) on its work pool, then aggregate. Needs PREFECT_API_URL (the "
         "workers' server). Exit 0 when every item landed, 1 when any did not, 2 for configuration.",
     )
-    from flows.options import ShardedRunOptions
-
     add_option_flags(sharded, ShardedRunOptions)
-
     estimate = commands.add_parser(
         "estimate",
         help="Print what a run would pay for, before paying anything.",
@@ -91,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "balance. Takes the flags of `hy3d run` (--output optional). Reads WAVESPEED_API_KEY and "
         "WAVESPEED_BASE_URL.",
     )
-    from flows.options import RunOptions
+    add_option_flags(estimate, RunOptions, all_optional=True)
 
-    add_option_flags(estimate, RunOptions, all_optional=True)  # the flags of `hy3d run`, --output optional
 
+def _add_tool_commands(commands: Any) -> None:
+    """``demo``, ``emulator`` and ``server``."""
     demo = commands.add_parser(
         "demo",
         help="Run the flow on bundled sample images against a local emulator.",
@@ -105,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", default="demo-output", help="Folder for the meshes (default ./demo-output)."
     )
     demo.add_argument("--latency", type=float, default=2.0, help="Emulated generation time, seconds.")
-
     emulator = commands.add_parser(
         "emulator",
         help="Run the WaveSpeed emulator in the foreground.",
@@ -114,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     from emulator.cli import add_arguments
 
     add_arguments(emulator)
-
     server = commands.add_parser(
         "server",
         help="The local Prefect server that runs use without PREFECT_API_URL: status, start, stop.",
@@ -124,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
         "makes each run start Prefect's temporary server instead.",
     )
     server.add_argument("action", choices=["status", "start", "stop"], help="status (default), start or stop")
-    return parser
 
 
 def _print_summary(summary: Any, *, list_skipped: bool = True) -> None:

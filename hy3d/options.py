@@ -64,6 +64,8 @@ def add_option_flags(
             continue
         flags = [flag_name(name, info), *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
         kind = _kind(info)
+        if "action" not in kind:
+            kind.setdefault("metavar", flags[0].removeprefix("--").replace("-", "_").upper())
         if all_optional:
             kind.pop("required", None)
         parser.add_argument(*flags, dest=name, help=_help(info), **kind)

@@ -24,8 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tasks.fileinfo import modified_at
-from tasks.storage import STATE_FOLDER, Storage, process_alive
+from tasks.storage import STATE_FOLDER, Storage, modified_at, process_alive
 
 # A claim file that cannot be read (its writer died between create and write on a store without
 # atomic create-with-content) is someone's only for this long after it was last modified.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import hashlib
 import json
 import logging
 import socket
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -33,6 +34,7 @@ from tasks.errors import (
     AuthenticationError,
     BadRequestError,
     DownloadError,
+    IncompleteDownloadError,
     InvalidResponseError,
     NoResponseError,
     NotFoundError,
@@ -53,11 +55,14 @@ from tasks.prediction import Prediction
 from tasks.redact import redact, register_secret
 from tasks.retrying import RetryPolicy, pause, retry_async
 from tasks.settings import WaveSpeedSettings
-from tasks.webhooks import WebhookReceiver
+
+if TYPE_CHECKING:
+    from tasks.webhooks import WebhookReceiver
 
 logger = logging.getLogger("hy3d.client")
 
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 SUBMIT_KEEPALIVE_S = 1.0  # a submit reuses only a connection idle for less (see _http_clients)
 ACCEPTED_AT_KEPT = 100_000  # acceptance times remembered for predictions not yet waited on
 
@@ -335,6 +340,8 @@ class WaveSpeedClient:
         try:
             secret = s.webhook_secret or await self.get_webhook_secret()
             register_secret(secret.get_secret_value())
+            from tasks.webhooks import WebhookReceiver  # uvicorn and its server: only in webhook mode
+
             receiver = WebhookReceiver(secret, s.webhook_listen, poll_grace_s=s.webhook_poll_grace_s)
             await asyncio.to_thread(receiver.start)
         except (WaveSpeedError, OSError, ValueError) as exc:
@@ -713,5 +720,43 @@ class WaveSpeedClient:
         finally:
             await response.aclose()
 
+    async def download(self, url: str, path: str, *, max_bytes: int | None = None) -> DownloadedFile:
+        """Stream an output URL into the file ``path``, hashing as it goes: a mesh is never held whole
+        in memory. At most ``max_bytes`` (default: the ``max_output_bytes`` setting)."""
+        cap = self.settings.max_output_bytes if max_bytes is None else max_bytes
+        digest, size = hashlib.sha256(), 0
+        async with self.stream_output(url) as response:
+            content_type = response.headers.get("content-type")
+            announced = response.headers.get("content-length")
+            expected = int(announced) if announced and announced.isdigit() else None
+            if expected is not None and expected > cap:
+                raise DownloadError(f"output is {expected} bytes, over the {cap}-byte cap")
+            try:
+                with open(path, "wb") as handle:
+                    async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                        size += len(chunk)
+                        if size > cap:
+                            raise DownloadError(f"output exceeds the {cap}-byte cap")
+                        digest.update(chunk)
+                        handle.write(chunk)
+            except httpx.HTTPError as exc:
+                raise IncompleteDownloadError(
+                    f"download interrupted after {size} bytes: {type(exc).__name__}: {exc}"
+                ) from exc
+        if expected is not None and size != expected:
+            raise IncompleteDownloadError(f"received {size} of {expected} announced bytes")
+        return DownloadedFile(url, path, size, digest.hexdigest(), content_type)
 
-__all__ = ["Price", "WaveSpeedClient", "WaveSpeedError", "decode_envelope"]
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """An output as :meth:`WaveSpeedClient.download` wrote it."""
+
+    url: str
+    path: str
+    size: int
+    sha256: str
+    content_type: str | None = None
+
+
+__all__ = ["DownloadedFile", "Price", "WaveSpeedClient", "WaveSpeedError", "decode_envelope"]

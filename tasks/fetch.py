@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.client import WaveSpeedClient
-from tasks.convert import convert_to_glb
-from tasks.download import DownloadedFile, download_to_file
+from tasks.client import DownloadedFile, WaveSpeedClient
 from tasks.errors import DownloadError, is_transient
 from tasks.formats import SNIFF_BYTES, is_mesh, kind_of, mesh_rank
 from tasks.meshinfo import MeshStats, inspect_glb
@@ -61,9 +59,7 @@ async def _download(client: WaveSpeedClient, storage: Storage, url: str) -> _Sta
     async def attempt() -> _Staged:
         staged = await storage.small_io(storage.staging_file, "output")
         try:
-            downloaded = await download_to_file(
-                client, url, staged, max_bytes=client.settings.max_output_bytes
-            )
+            downloaded = await client.download(url, staged)
             return await asyncio.to_thread(_sniff, downloaded)
         except BaseException:
             await asyncio.to_thread(discard, staged)
@@ -97,6 +93,8 @@ def _land_mesh(storage: Storage, staged: _Staged, item_id: str, mesh_name: str) 
     assert staged.kind is not None
     converted = storage.staging_file(mesh_name)
     try:
+        from tasks.convert import convert_to_glb  # trimesh's OBJ reader: only for meshes not in GLB
+
         convert_to_glb(source.path, staged.kind, converted)
         stats = inspect_glb(converted)
         size, sha256 = file_digest(converted)

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import fsspec
@@ -318,3 +319,22 @@ def _file_in_the_way(path: str, itself: bool) -> str | None:
 def _same_path(path: str, output: str) -> bool:
     local = output.removeprefix("file://").rstrip("/") or "/"
     return os.path.abspath(path) == os.path.abspath(local)
+
+
+# Where the stores put the last-modified time: local and memory ("mtime", "created"), s3fs
+# ("LastModified"), adlfs ("last_modified"), gcsfs ("updated").
+_MODIFIED_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def modified_at(info: Mapping[str, Any]) -> float | None:
+    """When the file was last written (epoch seconds), or None when ``info`` does not say."""
+    for name in _MODIFIED_FIELDS:
+        value = info.get(name)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None

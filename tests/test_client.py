@@ -266,7 +266,6 @@ def test_submit_connection_refused_is_retried_then_reported_as_not_sent() -> Non
 def test_outputs_are_fetched_only_over_http_and_within_the_size_cap(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    from tasks.download import download_to_file
     from tasks.errors import DownloadError
 
     async def go() -> None:
@@ -278,8 +277,8 @@ def test_outputs_are_fetched_only_over_http_and_within_the_size_cap(
             _, output = await _submit_and_wait(client)
             target = tmp_path / "mesh.glb"
             with pytest.raises(DownloadError, match="cap"):
-                await download_to_file(client, output, str(target), max_bytes=1000)
-            done = await download_to_file(client, output, str(target), max_bytes=10**9)
+                await client.download(output, str(target), max_bytes=1000)
+            done = await client.download(output, str(target), max_bytes=10**9)
             assert done.size == target.stat().st_size > 1000
 
     asyncio.run(go())

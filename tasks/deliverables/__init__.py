@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tasks.deliverables.tools import gltfpack_command
 from tasks.errors import DeliverablesUnavailableError, UnknownFormatError
 
 FormatName = Literal["glb", "web", "usdz", "stl", "obj"]
@@ -88,6 +87,8 @@ def check_available(settings: DeliverableSettings) -> None:
     if "usdz" in settings.formats and importlib.util.find_spec("pxr") is None:
         problems.append(f"usdz needs the optional extra {EXTRA} (usd-core): pip install '{EXTRA}'")
     if settings.needs_gltfpack():
+        from tasks.deliverables.tools import gltfpack_command
+
         try:
             gltfpack_command()
         except FileNotFoundError as exc:
