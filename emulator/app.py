@@ -38,19 +38,25 @@ class RequestCounter:
         if scope["type"] != "http" or scope["path"].startswith(CONTROL_PREFIX):
             await self.app(scope, receive, send)
             return
-        status = 500
+        recorded = False
+
+        def record(status: int) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+                self.stats.record_request(scope["method"], str(route), status)
 
         async def counting_send(message: Message) -> None:
-            nonlocal status
+            # Counted before the answer leaves: a client that has its answer finds it counted.
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                record(int(message["status"]))
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
-            self.stats.record_request(scope["method"], str(route), status)
+            record(500)  # no answer started: the app failed
 
 
 class _HideDeliberateTruncation(logging.Filter):

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flows.manifest import Manifest, load_manifest
-from flows.options import Limits, RunOptions, ShardedRunOptions
+from flows.options import SHARED_RATE_LIMIT, Limits, RunOptions, ShardedRunOptions
 from tasks.deliverables import DeliverableSettings, check_available
 from tasks.errors import ConfigurationError
 from tasks.models import ModelSpec, check_model
 from tasks.storage import Storage, writable_storage
 
-# The sharded flow's chunks share one in-flight cap and one submit rate, under these names by default.
-SHARED_IN_FLIGHT_LIMIT = "hy3d-in-flight"
-SHARED_RATE_LIMIT = "hy3d-submits-per-minute"
+if TYPE_CHECKING:
+    from prefect import Task
+
+AnyLimits = TypeVar("AnyLimits", bound=Limits)
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,14 @@ async def check_setup(options: RunOptions | ShardedRunOptions, *, check_exists: 
     return RunSetup(spec, deliverables, manifest, storage)
 
 
-def shared_limits(limits: Limits) -> Limits:
-    """The sharded flow's limits: every chunk shares one in-flight cap (unless named '') and, with
-    ``submits_per_minute``, one rate limit."""
-    in_flight = (
-        SHARED_IN_FLIGHT_LIMIT if limits.concurrency_limit_name is None else limits.concurrency_limit_name
-    )
+def shared_limits(limits: AnyLimits) -> AnyLimits:
+    """The limits every chunk of a sharded run gets: the in-flight cap as named ('' or null: none)
+    and, with ``submits_per_minute``, one rate limit for all."""
     rate = limits.rate_limit_name or (SHARED_RATE_LIMIT if limits.submits_per_minute else None)
-    return limits.model_copy(update={"concurrency_limit_name": in_flight or None, "rate_limit_name": rate})
+    in_flight = limits.concurrency_limit_name or None
+    return type(limits)(
+        **{**limits.model_dump(), "concurrency_limit_name": in_flight, "rate_limit_name": rate}
+    )
 
 
 async def ensure_limits(limits: Limits, concurrency: int) -> int:
@@ -105,3 +107,26 @@ async def ensure_limits(limits: Limits, concurrency: int) -> int:
     except Exception as exc:  # the server refusing (bad name...) is a configuration problem
         raise ConfigurationError(f"cannot set up the Prefect concurrency limits: {exc}") from exc
     return headroom
+
+
+async def submit_task_for(cache_storage_block: str | None) -> Task[..., Any]:
+    """The submit task, with its cache records and results on the named filesystem block if any
+    (so that workers on different hosts share the submit cache)."""
+    from prefect.blocks.core import Block
+    from prefect.exceptions import ObjectNotFound
+    from prefect.filesystems import WritableFileSystem
+
+    from tasks.submit import submit
+
+    if not cache_storage_block:
+        return submit
+    try:
+        block = await Block.aload(cache_storage_block)
+    except (ValueError, ObjectNotFound) as exc:
+        raise ConfigurationError(
+            f"cannot load the cache storage block {cache_storage_block!r} (expected 'type-slug/name', "
+            f"e.g. 'remote-file-system/hy3d-cache'): {exc}"
+        ) from exc
+    if not isinstance(block, WritableFileSystem):
+        raise ConfigurationError(f"block {cache_storage_block!r} is not a writable filesystem block")
+    return submit.with_options(result_storage=block)

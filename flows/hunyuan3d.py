@@ -10,14 +10,11 @@ from functools import partial
 from typing import Any
 
 from prefect import State, Task, flow, get_run_logger
-from prefect.blocks.core import Block
-from prefect.exceptions import ObjectNotFound
-from prefect.filesystems import WritableFileSystem
 from prefect.results import ResultStore
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.checks import RunSetup, check_setup, ensure_limits
+from flows.checks import RunSetup, check_setup, ensure_limits, submit_task_for
 from flows.durations import read_durations, seed_estimator, write_durations
 from flows.estimate import estimate_cost, price_items
 from flows.gallery import publish_gallery
@@ -63,7 +60,6 @@ from tasks.limits import Budget, SubmitThrottle
 from tasks.redact import redact_logs
 from tasks.settings import DEFAULT_MODEL, WaveSpeedSettings
 from tasks.storage import Storage, storage_error_message
-from tasks.submit import submit
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
@@ -78,7 +74,7 @@ class _Run:
     settings: WaveSpeedSettings
     submit_task: Task[..., Any]
     headroom: int
-    started_at: str = field(default_factory=utc_now)
+    started_at: str
     flow_run_id: str | None = field(default_factory=flow_run.get_id)
     outcomes: list[ItemOutcome] = field(default_factory=list)  # items that will not run
     problems: list[str] = field(default_factory=list)  # warnings for the summary
@@ -144,40 +140,25 @@ async def generate_meshes(
         limits=limits,
         advanced=advanced,
     )
+    started_at = utc_now()
     try:  # configuration problems end the run before any work, each as one clear message
-        run = await _configure(options)
+        run = await _configure(options, started_at)
     except ConfigurationError as exc:
         return Failed(message=str(exc), data=exc)
     return await _run(run)
 
 
-async def _configure(options: RunOptions) -> _Run:
+async def _configure(options: RunOptions, started_at: str) -> _Run:
     settings = await aresolve_settings(options.advanced.credentials_block)
     settings.require_api_key()
     setup = await check_setup(options)
-    submit_task = await _submit_task(options.advanced.cache_storage_block)
+    submit_task = await submit_task_for(options.advanced.cache_storage_block)
     headroom = await ensure_limits(options.limits, options.concurrency)
-    run = _Run(options, setup, settings, submit_task, headroom)
+    run = _Run(options, setup, settings, submit_task, headroom, started_at)
     run.problems = [str(warning) for warning in setup.manifest.warnings]
     for warning in first_row_problems(run.problems):
         get_run_logger().warning(warning)
     return run
-
-
-async def _submit_task(cache_storage_block: str | None) -> Task[..., Any]:
-    """The submit task, with its cache records and results on the named filesystem block if any."""
-    if not cache_storage_block:
-        return submit
-    try:
-        block = await Block.aload(cache_storage_block)
-    except (ValueError, ObjectNotFound) as exc:
-        raise ConfigurationError(
-            f"cannot load the cache storage block {cache_storage_block!r} (expected 'type-slug/name', "
-            f"e.g. 'remote-file-system/hy3d-cache'): {exc}"
-        ) from exc
-    if not isinstance(block, WritableFileSystem):
-        raise ConfigurationError(f"block {cache_storage_block!r} is not a writable filesystem block")
-    return submit.with_options(result_storage=block)
 
 
 async def _run(run: _Run) -> State[Any]:
@@ -273,7 +254,7 @@ async def _context(
         claims=ClaimRegistry(run.storage, run=run.flow_run_id or uuid.uuid4().hex, lease_s=lease_s),
         storage_options=advanced.storage_options,
         concurrency=options.concurrency,
-        queue_headroom=run.headroom,
+        headroom=run.headroom,
         wait_timeout_s=limits.wait_timeout_s,
         logger=get_run_logger(),
         manifest=options.manifest,

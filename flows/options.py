@@ -25,10 +25,24 @@ from tasks.settings import DEFAULT_MODEL
 DEFAULT_CONCURRENCY = 2
 DEFAULT_FORMATS: tuple[FormatName, ...] = ("glb",)
 DEFAULT_DEPLOYMENT = "hunyuan3d-meshes/on-demand"
+# The sharded flow's chunks share one in-flight cap and one submit rate, under these names by default.
+SHARED_IN_FLIGHT_LIMIT = "hy3d-in-flight"
+SHARED_RATE_LIMIT = "hy3d-submits-per-minute"
 # Above this many items a run does not create three task runs per item (docs/performance.md).
 AUTO_TASK_RUNS_MAX_ITEMS = 250
 # Above this many items thumbnails are not rendered as items land; the gallery fills them in later.
 AUTO_PREVIEWS_MAX_ITEMS = 100
+
+
+def _format_names(value: Any) -> Any:
+    """Format names in any case, as a list or comma-separated: ``"GLB,Web"`` -> ``["glb", "web"]``."""
+    names = _comma_separated(value)
+    return [name.lower() for name in names] if isinstance(names, list) else names
+
+
+def _blank_is_none(value: Any) -> Any:
+    """An emptied text field (the form, ``--flag ''``) means "none"."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 def _comma_separated(value: Any) -> Any:
@@ -83,7 +97,7 @@ MaxCostParam = Annotated[
 ]
 FormatsParam = Annotated[
     tuple[FormatName, ...],
-    BeforeValidator(_comma_separated),
+    BeforeValidator(_format_names),
     _parameter(
         "Files to deliver per item (a list, or 'glb,web,usdz'): glb (mesh.glb as WaveSpeed made "
         "it, always kept), web (mesh.web.glb: meshopt-compressed, WebP textures), usdz (mesh.usdz for AR "
@@ -136,13 +150,26 @@ class Limits(_Group):
         None,
         description="Prefect global concurrency limit capping predictions in flight (queued ones included) "
         "across runs, created with `concurrency` + headroom slots if missing. Default: this run's own cap "
-        "only; the sharded flow uses 'hy3d-in-flight' for all its chunks ('' for none).",
+        f"only; in the sharded flow, {SHARED_IN_FLIGHT_LIMIT!r} for all its chunks (null or '' for none).",
     )
     rate_limit_name: str | None = Field(
         None,
         description="Prefect global concurrency limit used as a shared submits-per-minute rate limit, "
-        "created from `submits_per_minute` if missing (the sharded flow's default: "
-        "'hy3d-submits-per-minute').",
+        f"created from `submits_per_minute` if missing (the sharded flow's default: {SHARED_RATE_LIMIT!r}).",
+    )
+
+
+class ShardedLimits(Limits):
+    """How fast and how far a sharded run goes, and when it pays again: its chunks share one
+    in-flight cap by default."""
+
+    model_config = ConfigDict(title="Limits and retries")
+
+    concurrency_limit_name: str | None = Field(
+        SHARED_IN_FLIGHT_LIMIT,
+        description="Prefect global concurrency limit capping predictions in flight (queued ones included) "
+        "across every chunk, run and host, created with `concurrency` + headroom slots if missing. Null "
+        "or '': each chunk has only its own cap.",
     )
 
 
@@ -158,10 +185,10 @@ class Advanced(_Group):
     inputs: dict[str, Any] = Field(
         default_factory=dict, description="Extra model inputs applied to every item (e.g. seed)."
     )
-    credentials_block: str | None = Field(
+    credentials_block: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Name of a saved WaveSpeed Credentials block. Default: the WAVESPEED_* settings."
     )
-    cache_storage_block: str | None = Field(
+    cache_storage_block: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(
         None,
         description="Saved Prefect filesystem block ('remote-file-system/NAME') holding submit cache "
         "records, so workers on different hosts share the never-pay-twice guarantee.",
@@ -232,6 +259,7 @@ def _section(group: type[_Group]) -> Any:
 
 
 LimitsParam = Annotated[Limits, _section(Limits)]
+ShardedLimitsParam = Annotated[ShardedLimits, _section(ShardedLimits)]
 AdvancedParam = Annotated[Advanced, _section(Advanced)]
 ShardingParam = Annotated[Sharding, _section(Sharding)]
 
@@ -259,7 +287,7 @@ class ShardedRunOptions(FlowOptions):
 
     formats: FormatsParam = DEFAULT_FORMATS
     sharding: ShardingParam = Sharding()
-    limits: LimitsParam = Limits()
+    limits: ShardedLimitsParam = ShardedLimits()
     advanced: AdvancedParam = Advanced()
 
 

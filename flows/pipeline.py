@@ -94,10 +94,10 @@ class RunContext:
     refund_usd: float = 0.0  # what failed predictions paid for in this run will have refunded
     # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
     # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
-    queue_headroom: int = 0
+    headroom: int = 0
     deliverer: Deliverer | None = None  # formats beyond mesh.glb (flows/deliver.py); None: glb only
     # A slot is held from the submit until the prediction is terminal: `concurrency` processing plus
-    # `queue_headroom` queued. Items also prepare, download and publish outside their slot, so that
+    # `headroom` queued. Items also prepare, download and publish outside their slot, so that
     # the account never idles on our I/O; _items bounds all of it.
     _slots: asyncio.Semaphore = field(init=False)
     _items: asyncio.Semaphore = field(init=False)
@@ -105,8 +105,8 @@ class RunContext:
     _waits: set[asyncio.Task[Prediction]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._slots = asyncio.Semaphore(self.concurrency + self.queue_headroom)
-        self._items = asyncio.Semaphore(2 * self.concurrency + self.queue_headroom)
+        self._slots = asyncio.Semaphore(self.concurrency + self.headroom)
+        self._items = asyncio.Semaphore(2 * self.concurrency + self.headroom)
 
     def log_item(self, message: str, *args: object) -> None:
         """Per-item success lines: INFO in small runs; DEBUG in large ones, where a line per item

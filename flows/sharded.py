@@ -2,11 +2,12 @@
 
 The parent flow cuts the manifest's rows into chunks (sorted by row, every ``chunk_size`` rows: the
 same chunks on every re-run of an unchanged manifest) and starts one flow run of a deployment per chunk
-(``arun_deployment(timeout=0)``, linked as subflow runs). The chunk is handed over as the ``rows``
-parameter of ``generate_meshes``: the child reads the same manifest, so image paths resolve and ids
-are the same as in a single run, and needs no new file. Whatever workers poll the deployment's work
-pool, on however many hosts, share the chunks. The parent then waits for every chunk, reads each
-chunk's run summary from ``DEST/runs/`` (by flow run id), and writes one summary for the whole run.
+(``arun_deployment(timeout=0)``, linked as subflow runs). Each chunk gets the run's options with
+its rows as ``advanced.rows`` of ``generate_meshes``: the child reads the same manifest, so image
+paths resolve and ids are the same as in a single run, and needs no new file. Whatever workers poll
+the deployment's work pool, on however many hosts, share the chunks. The parent then waits for every
+chunk, reads each chunk's run summary from ``DEST/runs/`` (by flow run id), and writes one summary
+for the whole run.
 
 Never paying twice holds across chunks for the same reasons it holds across runs (content-keyed
 submit cache, the ledger and claims in ``DEST/.hy3d/``), and the in-flight cap and the submit rate are
@@ -52,12 +53,12 @@ from flows.options import (
     AdvancedParam,
     ConcurrencyParam,
     FormatsParam,
-    Limits,
-    LimitsParam,
     ManifestParam,
     ModelParam,
     OutputParam,
     RunOptions,
+    ShardedLimits,
+    ShardedLimitsParam,
     ShardedRunOptions,
     Sharding,
     ShardingParam,
@@ -524,7 +525,7 @@ async def generate_meshes_sharded(
     concurrency: ConcurrencyParam = DEFAULT_CONCURRENCY,
     formats: FormatsParam = DEFAULT_FORMATS,
     sharding: ShardingParam = Sharding(),
-    limits: LimitsParam = Limits(),
+    limits: ShardedLimitsParam = ShardedLimits(),
     advanced: AdvancedParam = Advanced(),
 ) -> State[Any]:
     """Shard the manifest into chunks, run each chunk as a flow run of ``sharding.deployment`` on its
@@ -585,9 +586,10 @@ async def _check_deployment(deployment: str) -> None:
                 f"`prefect --no-prompt deploy --all`): {exc}"
             ) from exc
     accepted = (target.parameter_openapi_schema or {}).get("properties") or {}
-    for name in set(RunOptions.model_fields) - set(accepted):
+    missing = sorted(set(RunOptions.model_fields) - set(accepted))
+    if accepted and missing:  # an empty schema (a deployment made without one) is not checked
         raise ConfigurationError(
-            f"deployment {deployment!r} does not take a {name!r} parameter (deployed from an older "
+            f"deployment {deployment!r} does not take a {missing[0]!r} parameter (deployed from an older "
             "checkout?): deploy it again with `prefect --no-prompt deploy --all`"
         )
 

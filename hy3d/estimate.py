@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from flows.checks import check_options, read_manifest
+from flows.checks import check_options, read_manifest, submit_task_for
 from flows.estimate import Estimate, estimate_cost
 from flows.options import RunOptions
 from flows.prepare import PreparedItem, prepare_items
 from tasks.client import WaveSpeedClient
-from tasks.settings import load_settings
+from tasks.credentials import aresolve_settings
 from tasks.storage import Storage
-from tasks.submit import submit
 
 
 async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
     """The estimate of a run with these options (``output`` empty: nothing is done yet), and how
-    many rows were rejected (they would not be paid for either)."""
+    many rows were rejected (they would not be paid for either). It reads the run's key (its
+    credentials block, if named) and submit cache (its cache block, if named); the other options of
+    a run do not change what it pays."""
     spec, _ = check_options(options)
-    settings = load_settings()
+    settings = await aresolve_settings(options.advanced.credentials_block)
     settings.require_api_key()
+    submit_task = await submit_task_for(options.advanced.cache_storage_block)
     loaded = await asyncio.to_thread(partial(read_manifest, options, spec))
     storage_options = options.advanced.storage_options
     storage = Storage(options.output, storage_options) if options.output else None
@@ -36,4 +38,4 @@ async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
         )
         prepared = [entry for entry in entries if isinstance(entry, PreparedItem)]
         rejected = len(loaded.errors) + len(entries) - len(prepared)
-        return await estimate_cost(client, prepared, storage=storage, submit_task=submit), rejected
+        return await estimate_cost(client, prepared, storage=storage, submit_task=submit_task), rejected

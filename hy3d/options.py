@@ -64,7 +64,7 @@ def add_option_flags(
             continue
         flags = [flag_name(name, info), *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
         kind = _kind(info)
-        if "action" not in kind:
+        if "action" not in kind and "choices" not in kind:
             kind.setdefault("metavar", flags[0].removeprefix("--").replace("-", "_").upper())
         if all_optional:
             kind.pop("required", None)
@@ -88,11 +88,17 @@ def options_from_args(options: type[Options], args: argparse.Namespace, **fallba
         raise ValueError(f"{flag}: {error['msg']}") from exc
 
 
+def _unwrapped(annotation: Any) -> Any:
+    """``int | None`` -> ``int``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next(arg for arg in get_args(annotation) if arg is not type(None))
+    return annotation
+
+
 def _origin(annotation: Any) -> Any:
     """What an option holds, ``None`` taken out: ``int | None`` -> ``int``, ``dict[str, Any]`` -> ``dict``."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
-    return get_origin(annotation) or annotation
+    unwrapped = _unwrapped(annotation)
+    return get_origin(unwrapped) or unwrapped
 
 
 def _kind(info: FieldInfo) -> dict[str, Any]:
@@ -109,8 +115,9 @@ def _kind(info: FieldInfo) -> dict[str, Any]:
         kind["choices"] = list(get_args(info.annotation))
     elif origin in (int, float):
         kind["type"] = origin
-    elif origin in (list, tuple):
-        kind["metavar"] = "A,B,..."  # split by the model
+    elif origin in (list, tuple):  # comma-separated, split by the model
+        item = get_args(_unwrapped(info.annotation))[0]
+        kind["metavar"] = ",".join(get_args(item)) if get_origin(item) is Literal else "A,B,..."
     return kind
 
 

@@ -33,10 +33,10 @@ WINDOW_S = 60.0
 AUTO_QUEUE_HEADROOM = 0.5
 
 
-def queue_headroom_for(concurrency: int, queue_headroom: int | None) -> int:
+def queue_headroom_for(concurrency: int, requested: int | None) -> int:
     """How many predictions a run keeps queued on WaveSpeed beyond ``concurrency`` (None: auto)."""
-    if queue_headroom is not None:
-        return queue_headroom
+    if requested is not None:
+        return requested
     return math.ceil(concurrency * AUTO_QUEUE_HEADROOM)
 
 

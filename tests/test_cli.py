@@ -204,3 +204,20 @@ def test_repeated_row_problems_are_summarised(
     assert len(invalid) == 9_999
     assert all("duplicate id 'red-ball'" in item["error"] for item in invalid)
     assert emulator.stats.submits_accepted == 1
+
+
+def test_flags_become_the_flows_options_with_the_models_checks() -> None:
+    """Every option is a flag made from flows/options.py: values are parsed and checked by the model."""
+    from flows.options import RunOptions
+    from hy3d.cli import build_parser
+    from hy3d.options import options_from_args
+
+    flags = ["run", "m.csv", "-o", "out", "--formats", "WEB,Usdz", "--wait-timeout", "30", "--retry-failed"]
+    flags += ["--storage-option", "endpoint_url=http://s3", "--input", "seed=7", "--credentials-block", ""]
+    options = options_from_args(RunOptions, build_parser().parse_args(flags))
+    assert options.formats == ("web", "usdz")
+    assert (options.limits.wait_timeout_s, options.limits.retry_failed) == (30.0, True)
+    assert options.advanced.storage_options == {"endpoint_url": "http://s3"}
+    assert options.advanced.inputs == {"seed": 7}
+    assert options.advanced.credentials_block is None  # an emptied field is no block
+    assert options.concurrency == 2 and options.advanced.task_runs == "auto"  # the model's defaults

@@ -239,6 +239,9 @@ def test_cli_flags_parse_into_the_sharded_flows_options() -> None:
     assert shared_limits(limits).concurrency_limit_name is None
     default = ShardedRunOptions(manifest="m.csv", output="out")
     assert shared_limits(default.limits).concurrency_limit_name == "hy3d-in-flight"
+    # A null from the UI form or a script means no shared cap too, as it always did.
+    no_cap = ShardedRunOptions(manifest="m.csv", output="out", limits={"concurrency_limit_name": None})
+    assert shared_limits(no_cap.limits).concurrency_limit_name is None
 
 
 def test_rows_parameter_processes_only_those_rows(

@@ -90,4 +90,6 @@ def test_polls_follow_observed_durations(
     # The first wave learns (growing intervals from 0.1 s take ~6 polls to reach 1 s); later
     # predictions are polled once or twice.
     assert sum(polls[-4:]) / 4 <= 2.0, polls
-    assert sum(polls) / len(polls) <= 3.0, polls
+    # The first wave's count follows the machine's timing (3.2 seen on a loaded CI machine); the
+    # regression this guards against polled every later queued prediction ~9 times.
+    assert sum(polls) / len(polls) <= 3.5, polls
