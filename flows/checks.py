@@ -36,12 +36,11 @@ class RunSetup:
 
 def check_options(options: RunOptions | ShardedRunOptions) -> tuple[ModelSpec, DeliverableSettings]:
     """The model, its extra inputs, the formats and what they need installed."""
-    spec = check_model(options.model)
-    unknown = sorted(set(options.advanced.inputs) - spec.option_fields)
+    spec, advanced = check_model(options.model), options.advanced
+    unknown = sorted(set(advanced.inputs) - spec.option_fields)
     if unknown:
         accepted = ", ".join(sorted(spec.option_fields)) or "none besides the image"
         raise ConfigurationError(f"inputs {unknown} are not inputs of {spec.id} (it accepts: {accepted})")
-    advanced = options.advanced
     deliverables = DeliverableSettings.from_parameters(
         options.formats, advanced.web_texture_px, advanced.max_faces
     )

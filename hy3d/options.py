@@ -35,6 +35,14 @@ def key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _KeyValues(argparse.Action):
+    """A repeatable ``--flag KEY=VALUE`` collected into one dict."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: Any = None) -> None:
+        key, item = value
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), key: item})
+
+
 def flag_name(name: str, info: FieldInfo) -> str:
     """``wait_timeout_s`` -> ``--wait-timeout``; ``storage_options`` (a dict) -> ``--storage-option``."""
     stem = name.removesuffix("_s")
@@ -76,14 +84,11 @@ def options_from_args(options: type[Options], args: argparse.Namespace, **fallba
     ValueError in one line naming the flag, for a value the model refuses."""
     fields = dict(option_fields(options))
     given = {**fallbacks, **{name: value for name, value in vars(args).items() if name in fields}}
-    for name, value in given.items():
-        if _origin(fields[name].annotation) is dict:
-            given[name] = dict(value)
     try:
         return from_flat(options, given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][-1] if isinstance(error["loc"][-1], str) else error["loc"][-2])
+        name = next(str(part) for part in reversed(error["loc"]) if isinstance(part, str))  # not a list index
         flag = flag_name(name, fields[name]) if name in fields else name
         raise ValueError(f"{flag}: {error['msg']}") from exc
 
@@ -110,7 +115,7 @@ def _kind(info: FieldInfo) -> dict[str, Any]:
     if origin is bool:
         kind["action"] = "store_true"
     elif origin is dict:
-        kind.update(action="append", type=key_value, metavar="KEY=VALUE")
+        kind.update(action=_KeyValues, type=key_value, metavar="KEY=VALUE")
     elif origin is Literal:
         kind["choices"] = list(get_args(info.annotation))
     elif origin in (int, float):
