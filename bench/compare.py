@@ -811,7 +811,7 @@ def _flow(argv: list[str]) -> int:
 
 def poll_policy(flow_env: dict[str, str]) -> tuple[float, float, float]:
     """The flow client's effective poll policy: its settings' defaults, or the --flow-env overrides."""
-    from tasks.settings import WaveSpeedSettings
+    from tasks.client import WaveSpeedSettings
 
     fields = WaveSpeedSettings.model_fields
 
@@ -1233,7 +1233,7 @@ def _spy_package(path: str) -> str:
 
 
 def _without_line(frame: str) -> str:
-    """``_shade (tasks/preview.py:331)`` -> ``_shade (tasks/preview.py)``: one row per function."""
+    """``_shade (flows/gallery.py:331)`` -> ``_shade (flows/gallery.py)``: one row per function."""
     return re.sub(r":\d+\)$", ")", frame.strip())
 
 
@@ -1579,7 +1579,7 @@ def bench(args: argparse.Namespace, work: Path, argv: list[str]) -> int:
             if args.flow_queue_headroom is not None
             else "; the flow's queue headroom: its default (half of its concurrency, rounded up)"
         ),
-        f"- Poll policy in tasks.settings (the flow may schedule its polls otherwise: see 'accepted -> "
+        f"- Poll policy in tasks.client (the flow may schedule its polls otherwise: see 'accepted -> "
         f"1st poll' below): {describe_policy(flow_policy)}; baseline: "
         f"{describe_policy(args.baseline_policy)}"
         + (

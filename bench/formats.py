@@ -41,7 +41,7 @@ def worker(fmt: str, source: str, folder: str, texture_px: int, max_faces: int |
     import tasks.deliverables.usdz
     import tasks.deliverables.web  # noqa: F401
     from tasks.deliverables import DeliverableSettings, build
-    from tasks.meshinfo import inspect_glb_structure
+    from tasks.fetch import inspect_glb_structure
 
     settings = DeliverableSettings((fmt,), texture_px, max_faces)
     started = time.perf_counter()

@@ -47,7 +47,7 @@ import trimesh
 from PIL import Image, ImageDraw
 
 from emulator import EmulatorConfig, EmulatorServer
-from tasks.settings import DEFAULT_MODEL
+from tasks.models import DEFAULT_MODEL
 
 T = TypeVar("T")
 

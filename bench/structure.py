@@ -4,8 +4,8 @@
     python bench/structure.py --static   # without the run
 
 - modules run in a one-image ``hy3d run``: project modules imported by the CLI's process (the flow runs
-  in it), and those of them whose functions were called between the first and the last item event
-  (one image's path from manifest row to published mesh);
+  in it), those of them whose functions were called, and those called on one image's path from
+  manifest row to published mesh (from ``PATH_ROOTS`` down, in every task and thread they start);
 - function bodies over 60 lines; each run option's spelling across production files; the modules
   defining exception classes; ``duplicates`` pairs over the whole tree (when the command exists).
 
@@ -25,20 +25,35 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where one image's path starts: reading its manifest row, preparing it (image checks, request),
+# and processing it (submit, wait, fetch, publish). Everything these call, in any thread or task
+# they start, is on the path.
+PATH_ROOTS = ("flows.manifest:load_manifest", "flows.pipeline:prepare_items", "flows.pipeline:process_item")
 PACKAGES = ("flows", "tasks", "hy3d")
 BODY_LIMIT = 60
 
 # Run inside the CLI's process: record imported project modules and the modules whose functions run.
 TRACER = r"""
-import json, os, sys, threading
+import contextvars, json, os, sys, threading
 from hy3d.cli import main
 PACKAGES = ("flows", "tasks", "hy3d")
-called = set()
+ROOTS = {(module, name) for module, name in (r.split(":") for r in os.environ["STRUCTURE_ROOTS"].split())}
+on_path = contextvars.ContextVar("on_path", default=False)
+tokens = {}
+called, path = set(), set()
 def profile(frame, event, arg):
+    name = frame.f_globals.get("__name__", "")
+    if name.split(".")[0] not in PACKAGES or frame.f_code.co_name == "<module>":
+        return
+    root = (name, frame.f_code.co_name) in ROOTS
     if event == "call":
-        name = frame.f_globals.get("__name__", "")
-        if name.split(".")[0] in PACKAGES and frame.f_code.co_name != "<module>":
-            called.add(name)
+        called.add(name)
+        if root:  # also on each resume of a root coroutine; threads it starts copy the context
+            tokens.setdefault(id(frame), []).append(on_path.set(True))
+        if on_path.get():
+            path.add(name)
+    elif event == "return" and root and tokens.get(id(frame)):
+        on_path.reset(tokens[id(frame)].pop())
 sys.setprofile(profile)
 threading.setprofile(profile)
 code = main(sys.argv[1:])
@@ -46,7 +61,7 @@ sys.setprofile(None)
 imported = sorted(m for m, mod in list(sys.modules.items())
                   if m.split(".")[0] in PACKAGES and getattr(mod, "__file__", None))
 with open(os.environ["STRUCTURE_OUT"], "w") as out:
-    json.dump({"code": code, "imported": imported, "called": sorted(called)}, out)
+    json.dump({"code": code, "imported": imported, "called": sorted(called), "path": sorted(path)}, out)
 os._exit(code)
 """
 
@@ -93,7 +108,7 @@ def option_spellings() -> dict[str, list[str]]:
     """Each run option -> the production files whose code uses its name."""
     sys.path.insert(0, str(ROOT))
     from flows.options import RunOptions, ShardedRunOptions
-    from hy3d.options import option_fields
+    from hy3d.cli import option_fields
 
     names = {name for model in (RunOptions, ShardedRunOptions) for name, _ in option_fields(model)}
     used = {str(path.relative_to(ROOT)): identifiers(path) for path in production_files()}
@@ -146,6 +161,7 @@ def one_image_run() -> dict[str, object]:
             "WAVESPEED_BASE_URL": server.url,
             "WAVESPEED_API_KEY": server.api_key,
             "STRUCTURE_OUT": str(out),
+            "STRUCTURE_ROOTS": " ".join(PATH_ROOTS),
         }
         command = [sys.executable, "-c", TRACER, "run", str(folder), "-o", str(Path(work, "out"))]
         subprocess.run(command, env=env, cwd=ROOT, capture_output=True, check=False, timeout=300)
@@ -159,11 +175,12 @@ def main() -> None:
     print("| measure | figure |\n|---|---|")
     if not args.static:
         run = one_image_run()
-        imported, called = run["imported"], run["called"]
-        assert isinstance(imported, list) and isinstance(called, list)
+        imported, called, path = run["imported"], run["called"], run["path"]
+        assert isinstance(imported, list) and isinstance(called, list) and isinstance(path, list)
         code = run["code"]
         print(f"| project modules imported in a one-image `hy3d run` (exit {code}) | {len(imported)} |")
         print(f"| ... of which a function ran | {len(called)} |")
+        print(f"| modules on one image's path, manifest row to published mesh | {len(path)} |")
     functions = long_functions()
     print(f"| function bodies over {BODY_LIMIT} lines | {len(functions)} |")
     spellings = option_spellings()
@@ -176,6 +193,7 @@ def main() -> None:
     if not args.static:
         print("imported:", " ".join(imported))
         print("called:", " ".join(called))
+        print("path:", " ".join(path))
     for lines, where in functions:
         print(f"long: {lines} lines {where}")
     for name, files in spellings.items():

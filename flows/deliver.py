@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.records import MESH_FILE, METADATA_FILE
+from flows.progress import MESH_FILE, METADATA_FILE
 from tasks.deliverables import FILES, DeliverableSettings, build, is_current
 from tasks.fetch import file_digest
 from tasks.storage import Storage

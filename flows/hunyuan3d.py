@@ -14,12 +14,6 @@ from prefect.results import ResultStore
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.checks import RunSetup, check_setup, ensure_limits, submit_task_for
-from flows.durations import read_durations, seed_estimator, write_durations
-from flows.estimate import estimate_cost, price_items
-from flows.gallery import publish_gallery
-from flows.gctuning import fewer_gc_passes
-from flows.interrupt import Interruption, stop_on_signals
 from flows.manifest import RowProblem
 from flows.options import (
     AUTO_PREVIEWS_MAX_ITEMS,
@@ -37,29 +31,49 @@ from flows.options import (
     ModelParam,
     OutputParam,
     RunOptions,
+    RunSetup,
+    check_setup,
+    ensure_limits,
+    submit_task_for,
 )
-from flows.pipeline import RunContext, process_item
-from flows.prepare import PreparedItem, RejectedItem, prepare_items
-from flows.progress import ProgressArtifact, current_progress, publish_run_artifacts
-from flows.records import (
+from flows.pipeline import (
+    Interruption,
+    PreparedItem,
+    RejectedItem,
+    RunContext,
+    estimate_cost,
+    fewer_gc_passes,
+    prepare_items,
+    price_items,
+    process_item,
+    stop_on_signals,
+)
+from flows.progress import (
     RUNS_FOLDER,
     ItemOutcome,
     ItemStatus,
+    ProgressArtifact,
     RunFailedError,
     RunInterruptedError,
     RunSummary,
+    current_progress,
     first_row_problems,
-    utc_now,
+    publish_run_artifacts,
 )
-from tasks.claims import ClaimRegistry
-from tasks.client import WaveSpeedClient
+from tasks.client import WaveSpeedClient, WaveSpeedSettings
 from tasks.credentials import aresolve_settings
 from tasks.errors import APIUnreachableError, AuthenticationError, BudgetExceededError, ConfigurationError
-from tasks.ledger import PredictionLedger
-from tasks.limits import Budget, SubmitThrottle
-from tasks.redact import redact_logs
-from tasks.settings import DEFAULT_MODEL, WaveSpeedSettings
-from tasks.storage import Storage, storage_error_message
+from tasks.models import DEFAULT_MODEL
+from tasks.polling import read_durations, seed_estimator, write_durations
+from tasks.storage import (
+    ClaimRegistry,
+    PredictionLedger,
+    Storage,
+    redact_logs,
+    storage_error_message,
+    utc_now,
+)
+from tasks.submit import Budget, SubmitThrottle
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
@@ -323,6 +337,8 @@ async def _finish(run: _Run, summary: RunSummary, ctx: RunContext, interruption:
     """Gallery, summary file, log lines and artifacts; the flow's final state."""
     # Missing thumbnails are filled in only when this run renders them at all (large runs skip that
     # CPU: a later small run, or previews="on", fills them in).
+    from flows.gallery import publish_gallery  # numpy and trimesh: not before the first submit
+
     summary.gallery_url = await publish_gallery(run.storage, summary, max_backfill=200 if ctx.previews else 0)
     if not await run.write_summary(summary):
         summary.summary_url = None

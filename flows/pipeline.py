@@ -2,39 +2,44 @@
 
 Every outcome, good or bad, ends as an :class:`ItemOutcome`; an exception from one item never
 reaches the others. Items with the same content share one prediction within a run.
+
+Sections: garbage collection and signals while a batch runs, preparation (manifest rows into
+submit requests), one item, and prices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import hashlib
+import json
 import logging
+import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import fsspec
 from prefect import Task
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
+from pydantic import ValidationError
 
-from flows.gallery import write_preview
-from flows.prepare import PreparedItem
-from flows.records import (
-    MESH_FILE,
-    METADATA_FILE,
-    ItemOutcome,
-    ItemStatus,
-    metadata_document,
-    utc_now,
-)
-from tasks.claims import ClaimRegistry
-from tasks.client import WaveSpeedClient
+from flows.manifest import ManifestItem
+from flows.progress import MESH_FILE, METADATA_FILE, ItemOutcome, ItemStatus, metadata_document
+from tasks.client import Price, WaveSpeedClient
 from tasks.errors import (
     AuthenticationError,
     BudgetExceededError,
     ClaimedElsewhereError,
+    ImageProblem,
     NotFoundError,
     OutputRefusedError,
     PredictionTimeoutError,
@@ -44,16 +49,324 @@ from tasks.errors import (
     WaveSpeedError,
 )
 from tasks.fetch import FetchedFile, FetchedMesh, fetch, fetch_outputs
-from tasks.images import ImageInfo
-from tasks.ledger import RETENTION, PredictionLedger
-from tasks.limits import SubmitThrottle, in_flight_slot
-from tasks.prediction import TRANSIENT_TASK_CODES, Prediction
-from tasks.storage import Storage, small_io, storage_error_message
-from tasks.submit import ImageInput, SubmittedPrediction, submit, submit_prediction
+from tasks.models import (
+    MAX_IMAGE_BYTES,
+    TRANSIENT_TASK_CODES,
+    ImageInfo,
+    ModelSpec,
+    Prediction,
+    describe_validation_error,
+    inspect_image,
+)
+from tasks.storage import (
+    RETENTION,
+    ClaimRegistry,
+    PredictionLedger,
+    Storage,
+    small_io,
+    storage_error_message,
+    utc_now,
+)
+from tasks.submit import (
+    ImageInput,
+    SubmitRequest,
+    SubmittedPrediction,
+    SubmitThrottle,
+    in_flight_slot,
+    submit,
+    submit_prediction,
+)
 from tasks.wait import wait
 
 if TYPE_CHECKING:
     from flows.deliver import Deliverer
+    from tasks.urlcheck import UrlCheck
+
+# ==== Garbage collection ==========================================================================
+#
+# Fewer garbage-collector passes while a large batch is in flight.
+#
+# Thousands of items in flight keep hundreds of thousands of objects alive (tasks, futures,
+# connections, records). CPython's collector walks the older ones again and again as allocations
+# pile up, a visible share of a large run's CPU (docs/performance.md). During the batch the objects
+# alive before it are frozen (never walked), and young collections happen every 50,000 net
+# allocations instead of 700. Settings are restored after.
+
+BATCH_GEN0_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(previous[0], BATCH_GEN0_THRESHOLD), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+
+
+# ==== Signals =====================================================================================
+#
+# Ctrl-C and SIGTERM while a flow runs: the first stops the run cleanly, a second exits at once.
+#
+# A terminal's Ctrl-C (SIGINT to the foreground process group), ``docker stop``, Kubernetes and a
+# Prefect worker cancelling a flow run (SIGTERM) all end up here while the flow's event loop runs on
+# the main thread (``hy3d run``, ``asyncio.run(generate_meshes(...))``, a worker's flow run process).
+# What a stop does is the flow's business (``RunContext.stop(..., interrupt=True)``); this module only
+# turns the first signal into that call and the second into an immediate exit: the ledger's
+# write-ahead intent makes even that safe (a submit in flight stays ``submitting``, and the re-run
+# reports it ``submit_unknown`` instead of paying again).
+#
+# Elsewhere (another thread, no running loop) signals keep Prefect's and Python's handling.
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signum
+
+
+def hard_exit(signum: int, _frame: Any = None) -> None:
+    """A second signal: leave now, without cleaning up (what is paid for is in the ledger)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(exit_code(signum))
+
+
+@dataclass
+class Interruption:
+    """The first SIGINT/SIGTERM of a flow run, and who to tell."""
+
+    signum: int | None = None
+    _listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        if self.signum is None:
+            return None
+        return f"interrupted by {signal.Signals(self.signum).name}"
+
+    def on_stop(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` on the first signal (at once if it came already)."""
+        self._listeners.append(listener)
+        if self.reason is not None:
+            listener(self.reason)
+
+    def received(self, signum: int) -> None:
+        if self.signum is not None:
+            hard_exit(signum)
+        self.signum = signum
+        for listener in list(self._listeners):
+            listener(self.reason or "interrupted")
+
+
+@contextlib.asynccontextmanager
+async def stop_on_signals() -> AsyncIterator[Interruption]:
+    """While the block runs, SIGINT and SIGTERM go to the yielded :class:`Interruption`. After the
+    block, a run that was interrupted exits at once on a further signal; one that was not gets
+    back the handlers it had (Prefect's SIGTERM bridge, asyncio's or Python's SIGINT handling)."""
+    interruption = Interruption()
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            try:
+                loop.add_signal_handler(sig, interruption.received, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not a Unix selector loop
+                break
+            installed.append(sig)
+    try:
+        yield interruption
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+            before = previous[sig] if previous[sig] is not None else signal.SIG_DFL
+            signal.signal(sig, hard_exit if interruption.signum is not None else before)
+
+
+# ==== Preparation =================================================================================
+#
+# Turn manifest rows into submit requests, checking every image before anything is paid for.
+
+# Reading images to hash them is I/O bound; keep a few in flight, not thousands.
+PREPARE_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    item: ManifestItem
+    request: SubmitRequest
+    # Per model input name; None for URLs passed through (WaveSpeed fetches those itself).
+    images: Mapping[str, ImageInfo | None]
+    # (field, message): image URLs that could not be checked (the item goes on).
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RejectedItem:
+    item: ManifestItem
+    field: str
+    message: str
+
+
+def _read(path: str, storage_options: Mapping[str, Any]) -> tuple[bytes, int]:
+    """The file's bytes and its size; a file over the limit is read no further than the limit (a
+    huge file must not be loaded whole just to be refused)."""
+    with fsspec.open(path, "rb", **dict(storage_options)) as handle:
+        data: bytes = handle.read(MAX_IMAGE_BYTES + 1)
+        size = len(data)
+        if size > MAX_IMAGE_BYTES:
+            # When the store cannot tell, report at least the bytes read.
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                size = int(handle.seek(0, os.SEEK_END))
+    return data, size
+
+
+def _image_input(
+    field: str, source: str, is_url: bool, storage_options: Mapping[str, Any]
+) -> tuple[ImageInput, ImageInfo | None] | str:
+    """The checked, hashed image for one model input, or why it cannot be sent."""
+    if is_url:
+        return ImageInput(
+            field=field, source=source, url=source, sha256=hashlib.sha256(source.encode()).hexdigest()
+        ), None
+    try:
+        data, size = _read(source, storage_options)
+    except FileNotFoundError:
+        return f"file does not exist: {source}"
+    except Exception as exc:  # any storage backend's error: reject this item, not the run
+        return f"cannot read {source}: {type(exc).__name__}: {exc}"
+    try:
+        info = inspect_image(data, size=size)
+    except ImageProblem as exc:
+        return f"{exc}: {source}"
+    image = ImageInput(
+        field=field, source=source, sha256=hashlib.sha256(data).hexdigest(), content_type=info.content_type
+    )
+    return image, info
+
+
+def _column(spec: ModelSpec, input_name: str) -> str:
+    """The manifest column an image input comes from."""
+    return "image" if input_name == spec.main_image_input else input_name
+
+
+def prepare_item(
+    item: ManifestItem,
+    *,
+    spec: ModelSpec,
+    inputs: Mapping[str, Any],
+    api_root: str,
+    storage_options: Mapping[str, Any],
+) -> PreparedItem | RejectedItem:
+    """Blocking: validate the row's inputs for the model, read and check every image, hash them,
+    build the content-keyed request. Row values override the flow-level ``inputs``."""
+    values = {**inputs, **{k: v for k, v in item.fields.items() if k in spec.option_fields}}
+    try:
+        options = spec.validate_options(values)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        return RejectedItem(item, problems[0][0], "; ".join(f"{f}: {m}" if f else m for f, m in problems))
+
+    # The manifest's `image` column feeds the model's main image input; other views come from
+    # columns named like the model's inputs.
+    sources: list[tuple[str, str, bool]] = []
+    if spec.main_image_input is not None:
+        sources.append((spec.main_image_input, item.image, item.is_url))
+    for name, required in spec.image_inputs[1:]:
+        if name in item.images:
+            sources.append((name, *item.images[name]))
+        elif required:
+            return RejectedItem(item, name, f"is required by {spec.id} (a path or URL of that view)")
+    images: list[ImageInput] = []
+    infos: dict[str, ImageInfo | None] = {}
+    for name, source, is_url in sources:
+        checked = _image_input(name, source, is_url, storage_options)
+        if isinstance(checked, str):
+            return RejectedItem(item, _column(spec, name), checked)
+        images.append(checked[0])
+        infos[name] = checked[1]
+    request = SubmitRequest(model=spec.id, inputs=options, images=images, api_root=api_root)
+    return PreparedItem(item=item, request=request, images=infos)
+
+
+async def prepare_items(
+    items: list[ManifestItem],
+    *,
+    spec: ModelSpec,
+    inputs: Mapping[str, Any],
+    api_root: str,
+    storage_options: Mapping[str, Any],
+    check_image_urls: bool,
+) -> list[PreparedItem | RejectedItem]:
+    """:func:`prepare_item` for every item, a few at a time; then, with ``check_image_urls``, each
+    distinct http(s) image URL is asked for its headers: one answering 4xx rejects its rows."""
+    limit = asyncio.Semaphore(PREPARE_CONCURRENCY)
+
+    async def one(item: ManifestItem) -> PreparedItem | RejectedItem:
+        async with limit:
+            return await asyncio.to_thread(
+                prepare_item,
+                item,
+                spec=spec,
+                inputs=inputs,
+                api_root=api_root,
+                storage_options=storage_options,
+            )
+
+    entries = list(await asyncio.gather(*(one(item) for item in items)))
+    return await _check_image_urls(entries, spec) if check_image_urls else entries
+
+
+async def _check_image_urls(
+    entries: list[PreparedItem | RejectedItem], spec: ModelSpec
+) -> list[PreparedItem | RejectedItem]:
+    urls = [
+        image.url
+        for entry in entries
+        if isinstance(entry, PreparedItem)
+        for image in entry.request.images
+        if image.url is not None
+    ]
+    if not urls:
+        return entries
+    from tasks.urlcheck import check_urls  # only for manifests with image URLs
+
+    checks = await check_urls(urls)
+    if not checks:
+        return entries
+    return [_judged(entry, checks, spec) if isinstance(entry, PreparedItem) else entry for entry in entries]
+
+
+def _judged(
+    entry: PreparedItem, checks: Mapping[str, UrlCheck], spec: ModelSpec
+) -> PreparedItem | RejectedItem:
+    """The item rejected when one of its image URLs answered 4xx, else with a warning for each that
+    could not be checked."""
+    warnings: list[tuple[str, str]] = []
+    for image in entry.request.images:
+        if image.url is None:
+            continue
+        check, column = checks[image.url], _column(spec, image.field)
+        if check.rejected:
+            return RejectedItem(entry.item, column, f"{image.url} answered HTTP {check.status}")
+        if check.doubtful:
+            warnings.append(
+                (
+                    column,
+                    f"could not check {image.url} ({check.doubtful}); submitting it anyway, as WaveSpeed "
+                    "may reach it (WAVESPEED_CHECK_IMAGE_URLS=false skips the check)",
+                )
+            )
+    return replace(entry, warnings=tuple(warnings)) if warnings else entry
+
+
+# ==== One item ====================================================================================
 
 T = TypeVar("T")
 
@@ -93,7 +406,7 @@ class RunContext:
     interrupted: bool = False  # Ctrl-C or SIGTERM: waits are given up too
     refund_usd: float = 0.0  # what failed predictions paid for in this run will have refunded
     # Predictions queued on WaveSpeed beyond `concurrency`: one starts the moment a slot frees, while
-    # we are still noticing the completion that freed it (tasks.limits.AUTO_QUEUE_HEADROOM).
+    # we are still noticing the completion that freed it (tasks.submit.AUTO_QUEUE_HEADROOM).
     headroom: int = 0
     deliverer: Deliverer | None = None  # formats beyond mesh.glb (flows/deliver.py); None: glb only
     # A slot is held from the submit until the prediction is terminal: `concurrency` processing plus
@@ -474,7 +787,7 @@ async def _finish_item(
     if ctx.previews and outcome.status is ItemStatus.completed:
         # A thumbnail, the viewer's copy of the mesh and the source image, for the gallery;
         # never fails the item (it logs instead).
-        await asyncio.to_thread(write_preview, ctx.storage, item_id)
+        await asyncio.to_thread(_write_preview, ctx.storage, item_id)
     if outcome.status.landed:
         ctx.log_item("%s: %s", item_id, outcome.status.value)
     else:
@@ -572,3 +885,127 @@ def _metadata(
         flow_run_id=ctx.flow_run_id,
         **({"deliverables": outcome.deliverables} if outcome.deliverables is not None else {}),
     )
+
+
+# ==== Prices ======================================================================================
+#
+# What a run will cost before it starts: items to pay for (after what is done, resumable or
+# cached), the price of each, and the account balance.
+
+
+@dataclass
+class Estimate:
+    items: int = 0  # valid items in the manifest
+    already_done: int = 0  # a verified mesh of the same content is in the output
+    already_paid: int = 0  # a prediction exists (ledger or submit cache): resumed, not paid again
+    to_pay: int = 0  # unique contents that need a new submit
+    total_usd: float | None = 0.0  # None when some price could not be read
+    balance_usd: float | None = None
+    unit_prices: dict[str, Price | None] = field(default_factory=dict)  # inputs (JSON) -> price
+    price_by_key: dict[str, float | None] = field(default_factory=dict)  # content key -> USD billed
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"items in the manifest: {self.items}",
+            f"already done in the output: {self.already_done}",
+            f"already paid for (resumed, not paid again): {self.already_paid}",
+            f"to pay for: {self.to_pay}",
+        ]
+        for inputs, price in self.unit_prices.items():
+            shown = "unknown"
+            if price is not None and price.discounted_usd is not None:
+                shown = (
+                    f"${price.discounted_usd:.4f} (discounted from ${price.list_usd:.4f}; the total uses it)"
+                )
+            elif price is not None:
+                shown = f"${price.list_usd:.4f}"
+            lines.append(f"price per item: {shown}" + (f" (inputs {inputs})" if inputs != "{}" else ""))
+        lines.append(f"total: ${self.total_usd:.4f}" if self.total_usd is not None else "total: unknown")
+        if self.balance_usd is not None:
+            lines.append(f"account balance: ${self.balance_usd:.4f}")
+        return lines
+
+
+def _inputs_key(inputs: dict[str, Any]) -> str:
+    return json.dumps(inputs, sort_keys=True, default=str)
+
+
+async def _cached(store: ResultStore, key: str) -> bool:
+    try:
+        return bool(await store.aexists(key))
+    except Exception:
+        return False
+
+
+async def price_items(
+    client: WaveSpeedClient, prepared: list[PreparedItem]
+) -> tuple[dict[str, Price | None], dict[str, float | None]]:
+    """(price per distinct inputs, price per content key); None where WaveSpeed would not say."""
+    unit_prices: dict[str, Price | None] = {}
+    by_key: dict[str, float | None] = {}
+    for entry in prepared:
+        inputs_key = _inputs_key(entry.request.inputs)
+        if inputs_key not in unit_prices:
+            try:
+                unit_prices[inputs_key] = await client.get_price(entry.request.model, entry.request.inputs)
+            except AuthenticationError:
+                raise
+            except WaveSpeedError:
+                unit_prices[inputs_key] = None
+        price = unit_prices[inputs_key]
+        by_key[entry.request.content_key] = None if price is None else price.billed_usd
+    return unit_prices, by_key
+
+
+async def estimate_cost(
+    client: WaveSpeedClient,
+    prepared: list[PreparedItem],
+    *,
+    storage: Storage | None,
+    submit_task: Task[..., Any],
+) -> Estimate:
+    """Count what would be paid for and price it. Prices come from WaveSpeed's price endpoint, once
+    per distinct set of non-image inputs (the image does not change the price).
+
+    The output and the ledger are read here and read again when each item is processed: this is a
+    forecast, while what decides whether to pay is read afresh at that moment (another run on the
+    same output may have landed or submitted the item meanwhile)."""
+    estimate = Estimate(items=len(prepared))
+    store = await ResultStore().aupdate_for_task(submit_task)
+    ledger = PredictionLedger(storage) if storage is not None else None
+    seen: set[str] = set()
+    pending: list[PreparedItem] = []
+    for entry in prepared:
+        key = entry.request.content_key
+        if storage is not None and await asyncio.to_thread(already_done, storage, entry) is not None:
+            estimate.already_done += 1
+            continue
+        if key in seen:
+            continue  # the same content under another id: one prediction serves both
+        seen.add(key)
+        recorded = await asyncio.to_thread(ledger.read, key) if ledger is not None else None
+        paid = recorded is not None and recorded.state == "submitted" and not recorded.expired
+        if paid or await _cached(store, entry.request.cache_key):
+            estimate.already_paid += 1
+            continue
+        pending.append(entry)
+    estimate.to_pay = len(pending)
+
+    estimate.unit_prices, estimate.price_by_key = await price_items(client, prepared)
+    prices = [estimate.price_by_key[entry.request.content_key] for entry in pending]
+    estimate.total_usd = None if any(price is None for price in prices) else sum(p or 0.0 for p in prices)
+    try:
+        estimate.balance_usd = await client.get_balance()
+    except AuthenticationError:
+        raise
+    except WaveSpeedError:
+        estimate.balance_usd = None
+    return estimate
+
+
+def _write_preview(storage: Storage, item_id: str) -> None:
+    # The gallery brings numpy and trimesh: they load with the first preview, in its thread, not
+    # with the flow (they would delay the first submit).
+    from flows.gallery import write_preview
+
+    write_preview(storage, item_id)

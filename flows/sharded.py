@@ -43,8 +43,6 @@ from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 from pydantic import BaseModel, Field, ValidationError
 
-from flows.checks import RunSetup, check_setup, ensure_limits, shared_limits
-from flows.interrupt import Interruption, stop_on_signals
 from flows.manifest import Manifest
 from flows.options import (
     DEFAULT_CONCURRENCY,
@@ -57,26 +55,29 @@ from flows.options import (
     ModelParam,
     OutputParam,
     RunOptions,
+    RunSetup,
     ShardedLimits,
     ShardedLimitsParam,
     ShardedRunOptions,
     Sharding,
     ShardingParam,
+    check_setup,
+    ensure_limits,
+    shared_limits,
 )
-from flows.progress import publish_run_artifacts
-from flows.records import (
+from flows.pipeline import Interruption, stop_on_signals
+from flows.progress import (
     RUNS_FOLDER,
     ChunksFailedError,
     ItemOutcome,
     ItemStatus,
     RunInterruptedError,
     RunSummary,
-    utc_now,
+    publish_run_artifacts,
 )
 from tasks.errors import ConfigurationError
-from tasks.redact import redact_logs
-from tasks.settings import DEFAULT_MODEL
-from tasks.storage import STATE_FOLDER, Storage
+from tasks.models import DEFAULT_MODEL
+from tasks.storage import STATE_FOLDER, Storage, redact_logs, utc_now
 
 WORKER_NAME_LABEL = "prefect.worker.name"
 WORK_POOL_LABEL = "prefect.work-pool.name"

@@ -3,13 +3,15 @@
 Exit codes for ``run``: 0 every item landed, 1 some item did not, 2 usage or configuration
 error (missing or rejected API key, an API root that cannot be reached, unreadable manifest,
 unwritable output, no Prefect server) — always a one-line message, never a traceback; 130 / 143
-stopped by Ctrl-C (SIGINT) / SIGTERM (flows/interrupt.py: no new submits, what is paid for kept in
+stopped by Ctrl-C (SIGINT) / SIGTERM (flows/pipeline.py: no new submits, what is paid for kept in
 the ledger, the run summary written; a re-run resumes). Configuration is checked before Prefect is
 imported or any server started: such an error costs a second or two, not 20.
 
 Without ``PREFECT_API_URL``, ``run`` and ``demo`` use hy3d's long-lived local Prefect server
 (:mod:`hy3d.local_server`; ``hy3d server status|start|stop``), or with ``HY3D_EPHEMERAL=1``
 Prefect's temporary server per run.
+
+Sections: the flags, made from the option models, then the commands.
 """
 
 from __future__ import annotations
@@ -18,21 +20,153 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+import types
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union, cast, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from flows.options import FlowOptions, Options, from_flat
+from hy3d.local_server import apply_defaults
 
 if TYPE_CHECKING:
     from prefect import State
-from hy3d.options import add_option_flags, options_from_args
-from hy3d.prefect_env import apply_defaults
 
-if TYPE_CHECKING:
     from flows.options import RunOptions, ShardedRunOptions
     from flows.sharded import ShardedRunSummary
-    from tasks.settings import WaveSpeedSettings
+    from tasks.client import WaveSpeedSettings
+
+# ==== Flags =======================================================================================
+#
+# The CLI's flags, made from the flows' option models (:mod:`flows.options`).
+#
+# Every option becomes ``--its-name`` (a trailing ``_s`` dropped: ``--wait-timeout``) with the model's
+# type, description and default; a dict option is a repeatable ``--singular KEY=VALUE``
+# (``--storage-option``, ``--input``); a list a comma-separated value. Flags left out are absent from
+# the parsed namespace, so the model's own defaults apply, and the model checks every bound: an
+# option is declared once. Importing this does not import Prefect.
+
+SHORT_FLAGS = {"output": "-o"}
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, VALUE parsed as JSON when it can be."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+class _KeyValues(argparse.Action):
+    """A repeatable ``--flag KEY=VALUE`` collected into one dict."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: Any = None) -> None:
+        key, item = value
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), key: item})
+
+
+def flag_name(name: str, info: FieldInfo) -> str:
+    """``wait_timeout_s`` -> ``--wait-timeout``; ``storage_options`` (a dict) -> ``--storage-option``."""
+    stem = name.removesuffix("_s")
+    if _origin(info.annotation) is dict:
+        stem = stem.removesuffix("s")
+    return "--" + stem.replace("_", "-")
+
+
+def option_fields(options: type[FlowOptions]) -> Iterator[tuple[str, FieldInfo]]:
+    """Every option of a flow, its groups' fields in place of the groups, in the form's order."""
+    for name, info in options.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            yield from group.model_fields.items()
+        else:
+            yield name, info
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser, options: type[FlowOptions], *, all_optional: bool = False
+) -> None:
+    """One flag per option of ``options`` (``manifest`` a positional argument). With
+    ``all_optional``, no flag is required (``hy3d estimate`` takes the flags of ``hy3d run``)."""
+    for name, info in option_fields(options):
+        if name == "manifest":
+            parser.add_argument("manifest", help=info.description)
+            continue
+        flags = [flag_name(name, info), *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+        kind = _kind(info)
+        if "action" not in kind and "choices" not in kind:
+            kind.setdefault("metavar", flags[0].removeprefix("--").replace("-", "_").upper())
+        if all_optional:
+            kind.pop("required", None)
+        parser.add_argument(*flags, dest=name, help=_help(info), **kind)
+
+
+def options_from_args(options: type[Options], args: argparse.Namespace, **fallbacks: Any) -> Options:
+    """The options the flags give (the rest: ``fallbacks``, then the model's defaults). Raises
+    ValueError in one line naming the flag, for a value the model refuses."""
+    fields = dict(option_fields(options))
+    given = {**fallbacks, **{name: value for name, value in vars(args).items() if name in fields}}
+    try:
+        return from_flat(options, given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = next(str(part) for part in reversed(error["loc"]) if isinstance(part, str))  # not a list index
+        flag = flag_name(name, fields[name]) if name in fields else name
+        raise ValueError(f"{flag}: {error['msg']}") from exc
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """``int | None`` -> ``int``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next(arg for arg in get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def _origin(annotation: Any) -> Any:
+    """What an option holds, ``None`` taken out: ``int | None`` -> ``int``, ``dict[str, Any]`` -> ``dict``."""
+    unwrapped = _unwrapped(annotation)
+    return get_origin(unwrapped) or unwrapped
+
+
+def _kind(info: FieldInfo) -> dict[str, Any]:
+    """argparse's keywords for an option: how its value is read, its choices, whether required."""
+    origin = _origin(info.annotation)
+    kind: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if info.is_required():
+        kind["required"] = True
+    if origin is bool:
+        kind["action"] = "store_true"
+    elif origin is dict:
+        kind.update(action=_KeyValues, type=key_value, metavar="KEY=VALUE")
+    elif origin is Literal:
+        kind["choices"] = list(get_args(info.annotation))
+    elif origin in (int, float):
+        kind["type"] = origin
+    elif origin in (list, tuple):  # comma-separated, split by the model
+        item = get_args(_unwrapped(info.annotation))[0]
+        kind["metavar"] = ",".join(get_args(item)) if get_origin(item) is Literal else "A,B,..."
+    return kind
+
+
+def _help(info: FieldInfo) -> str:
+    text = info.description or ""
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if default not in (None, False, (), [], {}):
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text += f" (default {shown})"
+    return text.replace("%", "%%")
+
+
+# ==== Commands ====================================================================================
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -124,8 +258,7 @@ def _add_tool_commands(commands: Any) -> None:
 
 
 def _print_summary(summary: Any, *, list_skipped: bool = True) -> None:
-    from hy3d.progress import use_terminal
-    from hy3d.summary import print_summary
+    from hy3d.progress import print_summary, use_terminal
 
     print_summary(summary, terminal=use_terminal(), list_skipped=list_skipped)
 
@@ -135,7 +268,7 @@ def run_flow(options: RunOptions, *, verbose: bool = False) -> int:
     apply_defaults()
     _check_before_prefect(options)
     # Prefect only now: importing it takes seconds, starting a server more.
-    from hy3d.prefect_env import prefect_api
+    from hy3d.local_server import prefect_api
     from tasks.errors import PrefectUnavailableError
 
     try:
@@ -148,9 +281,9 @@ def run_flow(options: RunOptions, *, verbose: bool = False) -> int:
 def _check_before_prefect(options: RunOptions) -> None:
     """What the flow would stop on, checked here first, the API key and root last (one request): a
     configuration error costs no other request and does not wait for Prefect to start."""
-    from flows.checks import check_options, read_manifest
+    from flows.options import check_options, read_manifest
+    from tasks.client import load_settings
     from tasks.errors import ConfigurationError
-    from tasks.settings import load_settings
     from tasks.storage import writable_storage
 
     try:
@@ -213,8 +346,8 @@ def _final_state(run: Any) -> State[Any] | int:
 
 def _exit_code(state: State[Any], show: Callable[..., None]) -> int:
     """The exit code of a flow's final state, its summary printed by ``show``."""
-    from flows.interrupt import exit_code
-    from flows.records import RunFailedError, RunInterruptedError, RunSummary
+    from flows.pipeline import exit_code
+    from flows.progress import RunFailedError, RunInterruptedError, RunSummary
 
     result = asyncio.run(state.aresult(raise_on_failure=False)) if state.data is not None else None
     if isinstance(result, RunSummary):
@@ -233,7 +366,7 @@ def _exit_code(state: State[Any], show: Callable[..., None]) -> int:
 
 
 def _print_sharded_summary(summary: ShardedRunSummary, *, list_skipped: bool = True) -> None:
-    from flows.records import ItemStatus, not_landed_lines
+    from flows.progress import ItemStatus, not_landed_lines
 
     print(summary.headline())
     for chunk in summary.chunks:

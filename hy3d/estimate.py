@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from flows.checks import check_options, read_manifest, submit_task_for
-from flows.estimate import Estimate, estimate_cost
-from flows.options import RunOptions
-from flows.prepare import PreparedItem, prepare_items
+from flows.options import RunOptions, check_options, read_manifest, submit_task_for
+from flows.pipeline import Estimate, PreparedItem, estimate_cost, prepare_items
 from tasks.client import WaveSpeedClient
 from tasks.credentials import aresolve_settings
 from tasks.storage import Storage

@@ -9,6 +9,8 @@ Prefect's console log loses the flow's and tasks' INFO lines ("Finished in state
 line per item): the bar and the summary say the same in less. Warnings and errors stay, and
 ``--verbose`` brings everything back. Only the console is trimmed: the Prefect API (the UI) still
 gets every line.
+
+Sections: the run summary printed at the end, then the progress display.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,12 +39,102 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from flows.progress import RunProgress, reporting_to
 
 if TYPE_CHECKING:
-    from flows.records import ItemOutcome
+    from flows.progress import ItemOutcome, RunSummary
+
+# ==== The run summary =============================================================================
+#
+# The end of ``hy3d run``: what did not land and what to do about it, then a small table: the
+# items by status, what the run cost (and what comes back), where the run summary and the gallery
+# are. A rich table on a terminal; plain aligned text otherwise (logs, CI, pipes).
+
+STATUS_STYLES = {"completed": "green", "already_done": "green", "claimed_elsewhere": "yellow"}
+
+
+def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
+    """(label, value) pairs: one per status with its count, then cost, summary, gallery."""
+    rows = [(status, str(count)) for status, count in sorted(summary.counts.items())]
+    if summary.deliverables_failed:
+        rows.append(("deliverables", f"{summary.deliverables_failed} not made (meshes kept)"))
+    cost = summary.cost_line()
+    if cost:
+        rows.append(("cost", cost.removeprefix("cost: ")))
+    if summary.summary_url:
+        rows.append(("summary", summary.summary_url))
+    if summary.gallery_url:
+        rows.append(("gallery", summary.gallery_url))
+    return rows
+
+
+def plain_table(summary: RunSummary) -> list[str]:
+    """The headline, then the rows indented with their values aligned."""
+    rows = summary_rows(summary)
+    width = max((len(label) for label, _ in rows), default=0)
+    counts = len(summary.counts)
+    lines = [summary.headline()]
+    for index, (label, value) in enumerate(rows):
+        # Counts right-aligned among themselves, text values left-aligned after the same gap.
+        shown = value.rjust(max(len(v) for _, v in rows[:counts])) if index < counts else value
+        lines.append(f"  {label.ljust(width)}  {shown}")
+    return lines
+
+
+def rich_table(summary: RunSummary) -> Table:
+    table = Table(
+        title=summary.headline(),
+        title_justify="left",
+        title_style="bold",
+        show_header=False,
+        box=box.ROUNDED,
+    )
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    counts = len(summary.counts)
+    for index, (label, value) in enumerate(summary_rows(summary)):
+        if index < counts:
+            style = STATUS_STYLES.get(label, "red")
+            table.add_row(Text(label, style=style), Text(value, style=style), end_section=index == counts - 1)
+        else:
+            table.add_row(label, Text(value))
+    return table
+
+
+def print_summary(
+    summary: RunSummary, *, terminal: bool, out: TextIO | None = None, list_skipped: bool = True
+) -> None:
+    """``list_skipped=False``: items a stopped run never started are counted, not listed."""
+    from flows.progress import ItemStatus, not_landed_lines
+
+    out = out or sys.stdout
+    items = [item for item in summary.items if list_skipped or item.status is not ItemStatus.skipped]
+    failures = [f"  {line}" for line in not_landed_lines(items)]
+    failures += [
+        f"  {item.id}: {fmt} not made: {(item.deliverables or {})[fmt]['error']}"
+        for item in summary.items
+        for fmt in item.failed_deliverables()
+    ]
+    advice = [f"- {text}" for text in summary.advice]
+    if not terminal:
+        for line in [*failures, *advice, *plain_table(summary)]:
+            print(line, file=out)
+        out.flush()
+        return
+    console = Console(file=out, force_terminal=True, highlight=False)
+    if failures:
+        console.print("did not land:", style="bold red")
+        for line in failures:
+            console.print(line, markup=False, soft_wrap=True)
+    for line in advice:
+        console.print(line, markup=False, style="yellow", soft_wrap=True)
+    console.print(rich_table(summary))
+
+
+# ==== Progress display ============================================================================
 
 FORCE_TERMINAL_ENV = "HY3D_FORCE_TERMINAL"
 INTERVAL_ENV = "HY3D_PROGRESS_INTERVAL"
@@ -250,7 +343,7 @@ class RichProgress:
         self._task = self.progress.add_task("starting", total=None)
         self.progress.start()
         # Rich hides the cursor until the bar stops; a second Ctrl-C leaves at once (os._exit,
-        # flows/interrupt.py) and would leave the terminal without one.
+        # flows/pipeline.py) and would leave the terminal without one.
         self.console.show_cursor(True)
         self._route_logs()
 

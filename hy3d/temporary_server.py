@@ -1,5 +1,5 @@
 """Prefect's temporary API server for ``hy3d run``, in its own process group (see
-:func:`hy3d.prefect_env.start_temporary_server`).
+:func:`hy3d.local_server.start_temporary_server`).
 
 Run as ``python -m hy3d.temporary_server PARENT_PID <uvicorn arguments>``: it serves Prefect's app as
 Prefect's own temporary server does, and stops (SIGTERM to itself: uvicorn's graceful shutdown) when

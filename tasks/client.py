@@ -3,6 +3,8 @@
 A plain client, no Prefect in here: the Prefect tasks are thin wrappers over it. Everything that
 can go wrong surfaces as a :mod:`tasks.errors` exception, and only idempotent requests are retried
 on transient failures; a submit is resent only when the server certainly did not accept it.
+
+Sections, in order: settings (``WAVESPEED_*``), retries, connection lanes, the client.
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ import functools
 import hashlib
 import json
 import logging
+import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks import __version__
-from tasks.account_queue import AccountQueue
 from tasks.errors import (
     APIStatusError,
     APIUnreachableError,
@@ -36,6 +39,8 @@ from tasks.errors import (
     DownloadError,
     IncompleteDownloadError,
     InvalidResponseError,
+    InvalidSettingsError,
+    MissingAPIKeyError,
     NoResponseError,
     NotFoundError,
     OutputRefusedError,
@@ -49,15 +54,301 @@ from tasks.errors import (
     is_retry_safe,
     is_transient,
 )
-from tasks.lanes import LanedTransport
-from tasks.polling import DurationEstimator, PollSchedule
-from tasks.prediction import Prediction
-from tasks.redact import redact, register_secret
-from tasks.retrying import RetryPolicy, pause, retry_async
-from tasks.settings import WaveSpeedSettings
+from tasks.models import Prediction
+from tasks.polling import AccountQueue, DurationEstimator, PollSchedule
+from tasks.storage import redact, register_secret
 
 if TYPE_CHECKING:
     from tasks.webhooks import WebhookReceiver
+
+# ==== Settings ====================================================================================
+#
+# Client settings, read from ``WAVESPEED_*`` environment variables (or a ``.env`` file).
+
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+
+
+class WaveSpeedSettings(BaseSettings):
+    """Everything the client needs; ``repr`` and logs show the key only as ``**********``."""
+
+    model_config = SettingsConfigDict(env_prefix="WAVESPEED_", env_file=".env", extra="ignore")
+
+    api_key: SecretStr | None = Field(default=None, description="WaveSpeed API key (Bearer token).")
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="API root, without /api/v3: http(s)://host[:port][/path]."
+    )
+    check_image_urls: bool = Field(
+        default=True,
+        description="Before paying, ask each http(s) image URL of the manifest for its headers (HEAD, "
+        "or a 1-byte GET): a 4xx answer rejects the row. Turn off for URLs only WaveSpeed can reach.",
+    )
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0, description="Per request; also bounds each read.")
+    upload_timeout_s: float = Field(default=300.0, gt=0)
+    upload_method: Literal["binary", "presigned"] = Field(
+        default="binary",
+        description="binary: POST /media/upload/binary; presigned: POST /media/uploads then PUT.",
+    )
+
+    poll_initial_interval_s: float = Field(default=2.0, gt=0, description="Docs: no faster than 2 s.")
+    poll_max_interval_s: float = Field(default=15.0, gt=0)
+    poll_backoff: float = Field(default=1.5, ge=1.0, description="Interval growth factor per poll.")
+    wait_timeout_s: float = Field(default=900.0, gt=0, description="Overall deadline for one prediction.")
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="Public http(s) URL that reaches webhook_listen (reverse proxy, tunnel): WaveSpeed "
+        "POSTs each finished prediction there and the run learns of it at once. Unset: polls only.",
+    )
+    webhook_listen: str = Field(
+        default="127.0.0.1:8787", description="host:port the webhook receiver binds (webhook_url only)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Webhook signing secret; default: asked of GET /api/v3/webhook/secret."
+    )
+    webhook_poll_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="While deliveries arrive, polls are put off by this much (they only catch lost ones).",
+    )
+
+    request_attempts: int = Field(default=6, ge=1, description="Attempts for idempotent requests.")
+    retry_initial_s: float = Field(default=1.0, ge=0)
+    retry_max_s: float = Field(default=30.0, ge=0)
+
+    max_output_bytes: int = Field(default=2 * 1024**3, gt=0, description="Refuse outputs larger than this.")
+    concurrency: int = Field(default=2, ge=1, description="Predictions in flight (Bronze tier allows 2).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _api_root(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises ValueError for a port that is not a number
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"WAVESPEED_BASE_URL {value!r} needs a scheme and host, e.g. {DEFAULT_BASE_URL}")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("webhook_url must be an http(s) URL (WaveSpeed wants https)")
+        return value.strip()
+
+    def require_api_key(self) -> SecretStr:
+        if self.api_key is None or not self.api_key.get_secret_value().strip():
+            raise MissingAPIKeyError(
+                "no WaveSpeed API key: set WAVESPEED_API_KEY (or pass a credentials block)"
+            )
+        return self.api_key
+
+
+def load_settings(**values: Any) -> WaveSpeedSettings:
+    """:class:`WaveSpeedSettings` from the environment (``values`` win), or one
+    :class:`InvalidSettingsError` naming each bad variable and its value (not pydantic's
+    multi-line report)."""
+    try:
+        return WaveSpeedSettings(**values)
+    except ValidationError as exc:
+        problems = []
+        for detail in exc.errors():
+            name = "WAVESPEED_" + "_".join(str(part) for part in detail["loc"]).upper()
+            if detail["type"] == "value_error":  # our validators: the message says it all
+                message = str(detail["msg"]).removeprefix("Value error, ")
+                problems.append(message if message.startswith(name) else f"{name}: {message}")
+            elif "KEY" in name or "SECRET" in name:  # never echo a secret
+                problems.append(f"{name}: {detail['msg']}")
+            else:
+                problems.append(f"{name} {detail.get('input')!r}: {detail['msg']}")
+        raise InvalidSettingsError("; ".join(problems)) from None
+
+
+# ==== Retries =====================================================================================
+#
+# Retries with an explicit ``on=`` predicate, exponential backoff with jitter and ``Retry-After``.
+#
+# Modelled on stamina: nothing is retried unless the caller names what is retryable, a server's
+# ``Retry-After`` wins over our own backoff, and ``set_testing(True)`` removes the waiting.
+
+T = TypeVar("T")
+
+retry_logger = logging.getLogger("hy3d.retry")
+
+_testing = False
+
+
+def set_testing(enabled: bool) -> None:
+    """In tests, retry at once instead of sleeping (attempt counts stay the same)."""
+    global _testing
+    _testing = enabled
+
+
+async def pause(seconds: float) -> None:
+    """``asyncio.sleep``, except in tests (:func:`set_testing`), for loops of their own."""
+    if not _testing:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    initial_s: float = 1.0
+    maximum_s: float = 30.0
+    # Longest Retry-After we honour; beyond it we still wait but only this long.
+    max_retry_after_s: float = 300.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff for the given 1-based failed attempt."""
+        ceiling = min(self.maximum_s, self.initial_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+async def retry_async(
+    call: Callable[[], Awaitable[T]],
+    *,
+    on: Callable[[BaseException], bool],
+    policy: RetryPolicy,
+    what: str,
+    deadline: float | None = None,
+) -> T:
+    """Run ``call`` until it succeeds, ``on(exc)`` is false, attempts run out or ``deadline``
+    (a ``time.monotonic()`` value) would be passed by the next wait."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except Exception as exc:
+            if not on(exc) or attempt >= policy.attempts:
+                raise
+            delay = _retry_after(exc)
+            delay = min(delay, policy.max_retry_after_s) if delay is not None else policy.backoff(attempt)
+            # In testing nothing waits, so no wait can pass the deadline: judged on the delay, a
+            # test failed whenever the random backoff happened to outlast its deadline.
+            if deadline is not None and time.monotonic() + (0.0 if _testing else delay) > deadline:
+                raise
+            retry_logger.warning(
+                "%s failed (%s); attempt %d/%d, retrying in %.1f s",
+                what,
+                exc,
+                attempt,
+                policy.attempts,
+                delay,
+            )
+            if not _testing:
+                await asyncio.sleep(delay)
+
+
+# ==== Connection lanes ============================================================================
+#
+# Requests spread over several small connection pools ("lanes") instead of one big one.
+#
+# httpcore's pool looks at every one of its connections for every request it places, so its CPU
+# cost per request grows with the number of connections; several small pools keep that cost near
+# what one small pool costs (figures: docs/performance.md, "Connection lanes"). :class:`LanedTransport`
+# opens a new lane only when every lane already carries :data:`LANE_CAPACITY` requests, so a small
+# run uses a single pool.
+
+LANE_CAPACITY = 16  # requests in flight per lane before another lane opens
+MAX_LANES = 64
+
+
+@dataclass
+class _Lane:
+    transport: httpx.AsyncBaseTransport
+    load: int = 0  # requests sent and not yet finished (response body closed)
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its lane's place back when closed (streamed downloads hold
+    their connection until then)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, lane: _Lane) -> None:
+        self._stream = stream
+        self._lane: _Lane | None = lane
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._lane is not None:
+                self._lane.load -= 1
+                self._lane = None
+
+
+class LanedTransport(httpx.AsyncBaseTransport):
+    """Sends each request through the least loaded of up to ``max_lanes`` transports made by
+    ``make_lane``. For one event loop (like an ``httpx.AsyncClient``)."""
+
+    def __init__(
+        self,
+        make_lane: Callable[[], httpx.AsyncBaseTransport],
+        *,
+        capacity: int = LANE_CAPACITY,
+        max_lanes: int = MAX_LANES,
+    ) -> None:
+        if capacity < 1 or max_lanes < 1:
+            raise ValueError("capacity and max_lanes must be at least 1")
+        self._make_lane = make_lane
+        self._capacity = capacity
+        self._max_lanes = max_lanes
+        self._lanes: list[_Lane] = []
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    @property
+    def load(self) -> int:
+        return sum(lane.load for lane in self._lanes)
+
+    def _pick(self) -> _Lane:
+        lane = min(self._lanes, key=lambda candidate: candidate.load, default=None)
+        if lane is None or (lane.load >= self._capacity and len(self._lanes) < self._max_lanes):
+            lane = _Lane(self._make_lane())
+            self._lanes.append(lane)
+        return lane
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        lane = self._pick()
+        lane.load += 1
+        try:
+            response = await lane.transport.handle_async_request(request)
+        except BaseException:
+            lane.load -= 1
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, lane),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            await lane.transport.aclose()
+
+
+# ==== The client ==================================================================================
 
 logger = logging.getLogger("hy3d.client")
 
@@ -243,7 +534,7 @@ def _http_clients(
 
     def pools(lane_limits: httpx.Limits = limits) -> httpx.AsyncBaseTransport:
         # Several small pools: one big pool costs CPU per request in proportion to its
-        # connections (see tasks.lanes).
+        # connections (see tasks.client).
         if transport is not None:
             return transport
         return LanedTransport(lambda: httpx.AsyncHTTPTransport(verify=shared_tls(), limits=lane_limits))
@@ -286,7 +577,7 @@ class WaveSpeedClient:
     ) -> None:
         """``account_slots``: how many predictions the account processes at once, when the caller
         keeps more than that submitted (queue headroom): the polls of queued predictions are then
-        timed from when they should start (:mod:`tasks.account_queue`)."""
+        timed from when they should start (:mod:`tasks.polling`)."""
         self.settings = _with_overrides(settings or WaveSpeedSettings(), api_key, base_url)
         key = self.settings.require_api_key()
         register_secret(key.get_secret_value())

@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 
 from tasks.errors import IncompleteDownloadError, MeshConversionError
-from tasks.formats import MESH_KINDS, extension_kind, mesh_rank
+from tasks.fetch import MESH_KINDS, extension_kind, mesh_rank
 
 ZIP_MAX_BYTES = 4 * 1024**3  # unpacked; more is refused (a zip bomb, not a mesh)
 
@@ -46,7 +46,7 @@ def _unpack(archive: str, folder: str) -> str:
 
 
 def convert_to_glb(source: str, kind: str, target: str) -> None:
-    """Write ``source`` (a mesh of ``kind``, see :mod:`tasks.formats`) to ``target`` as a GLB."""
+    """Write ``source`` (a mesh of ``kind``, see :mod:`tasks.fetch`) to ``target`` as a GLB."""
     import trimesh  # only when a mesh needs converting
 
     with tempfile.TemporaryDirectory(prefix="hy3d-convert-") as folder:

@@ -19,9 +19,8 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr, field_validator
 
-from tasks.client import WaveSpeedClient
+from tasks.client import DEFAULT_BASE_URL, WaveSpeedClient, WaveSpeedSettings, load_settings
 from tasks.errors import CredentialsBlockNotFoundError
-from tasks.settings import DEFAULT_BASE_URL, WaveSpeedSettings, load_settings
 
 
 class WaveSpeedCredentials(CredentialsBlock):

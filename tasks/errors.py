@@ -1,6 +1,6 @@
 """Every exception of the library (tasks/, flows/ and hy3d's Prefect set-up), in one module that
 imports nothing but ``typing``: catching one costs no import of Prefect, httpx or numpy. The flows'
-own errors, which carry a run summary, are in :mod:`flows.records`; the CLI's ``UsageError`` is in
+own errors, which carry a run summary, are in :mod:`flows.progress`; the CLI's ``UsageError`` is in
 :mod:`hy3d.cli`.
 
 The WaveSpeed client's tree. The split that matters is money: a submit is billed once the server
@@ -309,7 +309,7 @@ class PreviewError(ValueError):
 
 
 class PreviewTooLargeError(PreviewError):
-    """The mesh is over :data:`tasks.preview.PREVIEW_MAX_BYTES`."""
+    """The mesh is over :data:`flows.gallery.PREVIEW_MAX_BYTES`."""
 
 
 class WebhookRejected(Exception):

@@ -7,6 +7,9 @@ is uploaded straight to its final key.
 
 Every method here is blocking I/O; async callers run them with ``asyncio.to_thread``, or, for a few
 small files, with :meth:`Storage.small_io`.
+
+The output store. Sections: storage, the prediction ledger (what was paid for), claims on work
+shared between runs, and secrets kept out of everything stored or printed.
 """
 
 from __future__ import annotations
@@ -16,21 +19,24 @@ import contextlib
 import errno
 import itertools
 import json
+import logging
 import mimetypes
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
+from pydantic import BaseModel, ValidationError
 
 from tasks.errors import OutputNotWritableError, UnsafePathError
-from tasks.redact import redact
 
 # The tool's own state under DEST: ledger, claims, staging files. Never an item id (ids can't start with ".").
 STATE_FOLDER = ".hy3d"
@@ -43,6 +49,11 @@ _HOST = socket.gethostname()
 # every call, and a run names tens of thousands of staging files).
 _TOKEN_PREFIX = uuid.uuid4().hex[:12]
 _TOKEN_COUNTER = itertools.count()
+
+
+def utc_now() -> str:
+    """Now, as every stored record writes it: ISO 8601, milliseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _unique_token() -> str:
@@ -338,3 +349,297 @@ def modified_at(info: Mapping[str, Any]) -> float | None:
             with contextlib.suppress(ValueError):
                 return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return None
+
+
+# ==== The prediction ledger =======================================================================
+#
+# What was paid for, kept in the output storage: ``DEST/.hy3d/predictions/<content key>.json``.
+#
+# Write-ahead: an intent is recorded just before a submit is sent, replaced by the prediction id the
+# moment the submit is accepted — before any waiting — so a run killed at any point can be re-run and
+# resume polling the predictions it already paid for. A run killed while a submit was in flight leaves
+# the intent behind: that submit may have been accepted, so the re-run does not resend it blindly.
+# Prefect's cache record only exists once the submit task completes, and lives in result storage;
+# this ledger lives next to the meshes, so whoever can write the output knows what was bought for it.
+
+RETENTION = timedelta(days=7)  # WaveSpeed deletes predictions and outputs after 7 days
+
+
+class LedgerEntry(BaseModel):
+    content_key: str
+    state: Literal["submitting", "submitted", "unknown"]
+    prediction_id: str | None = None
+    model: str
+    api_root: str
+    recorded_at: str
+    reason: str | None = None  # for "unknown": why the outcome of the submit is not known
+    inputs: dict[str, Any] = {}
+
+    def age(self, now: datetime | None = None) -> timedelta:
+        recorded = datetime.fromisoformat(self.recorded_at)
+        return (now or datetime.now(UTC)) - recorded
+
+    @property
+    def expired(self) -> bool:
+        return self.age() >= RETENTION
+
+
+class PredictionLedger:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def _parts(self, content_key: str) -> tuple[str, ...]:
+        return (STATE_FOLDER, "predictions", f"{content_key}.json")
+
+    def read(self, content_key: str) -> LedgerEntry | None:
+        raw = self.storage.read_json(*self._parts(content_key))
+        if raw is None:
+            return None
+        try:
+            return LedgerEntry.model_validate(raw)
+        except ValidationError:
+            return None
+
+    def _record(self, content_key: str, model: str, api_root: str, **details: Any) -> LedgerEntry:
+        entry = LedgerEntry(
+            content_key=content_key,
+            model=model,
+            api_root=api_root,
+            recorded_at=datetime.now(UTC).isoformat(),
+            **details,
+        )
+        self.storage.write_json(entry.model_dump(mode="json"), *self._parts(content_key))
+        return entry
+
+    def record_intent(self, content_key: str, model: str, api_root: str) -> LedgerEntry:
+        return self._record(content_key, model, api_root, state="submitting")
+
+    def forget(self, content_key: str) -> None:
+        """The submit certainly was not accepted: nothing to remember."""
+        path = self.storage.path(*self._parts(content_key))
+        if self.storage.fs.exists(path):
+            self.storage.fs.rm_file(path)
+
+    def record_submitted(
+        self, content_key: str, prediction_id: str, model: str, api_root: str, inputs: dict[str, Any]
+    ) -> LedgerEntry:
+        return self._record(
+            content_key, model, api_root, state="submitted", prediction_id=prediction_id, inputs=inputs
+        )
+
+    def record_unknown(self, content_key: str, model: str, api_root: str, reason: str) -> LedgerEntry:
+        return self._record(content_key, model, api_root, state="unknown", reason=reason)
+
+
+# ==== Claims ======================================================================================
+#
+# Claims on work in a shared output: two runs on the same DEST never process the same content.
+#
+# A claim is a file created with exclusive create under ``DEST/.hy3d/claims/``: a hard link locally
+# (O_EXCL semantics, content complete), a conditional put on object stores (``mode="xb"``: s3fs sends
+# ``If-None-Match: *``, gcsfs ``ifGenerationMatch=0``, adlfs commits with ``If-None-Match: *``; the
+# store refuses the second one), and a check-and-create under a process-wide lock on ``memory://``
+# (whose store is one dict per process and whose "xb" checks, then creates, without a lock). It is
+# removed when the run is done with it. A run that died leaves its claims behind: one whose owner
+# process is gone (same host) or whose lease ran out (any host) is taken over.
+#
+# Claims are written by other clients, so they are never read through a client's listing cache
+# (s3fs, gcsfs and adlfs answer ``info``/``open``/``ls`` from a folder listing they hold, however old):
+# see :meth:`Storage.uncached`.
+
+# A claim file that cannot be read (its writer died between create and write on a store without
+# atomic create-with-content) is someone's only for this long after it was last modified.
+UNREADABLE_CLAIM_GRACE_S = 60.0
+
+# File systems whose whole store lives in this process: exclusive create is made atomic here.
+_PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
+_process_local_create = threading.Lock()
+
+
+def _protocols(storage: Storage) -> frozenset[str]:
+    protocol = storage.fs.protocol
+    return frozenset((protocol,) if isinstance(protocol, str) else protocol)
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    run: str
+    host: str
+    pid: int
+    expires_at: float
+
+    def describe(self) -> str:
+        return f"run {self.run} on {self.host} (pid {self.pid})"
+
+
+class ClaimRegistry:
+    def __init__(self, storage: Storage, run: str, lease_s: float) -> None:
+        self.storage = storage
+        self.me = ClaimHolder(run=run, host=socket.gethostname(), pid=os.getpid(), expires_at=0.0)
+        self.lease_s = lease_s
+        self.held: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        return self.storage.path(STATE_FOLDER, "claims", f"{key}.json")
+
+    def _holder(self, key: str) -> ClaimHolder | None:
+        try:
+            with self.storage.fs.open(self.storage.uncached(self._path(key)), "rb") as handle:
+                raw = json.loads(handle.read())
+            return ClaimHolder(str(raw["run"]), str(raw["host"]), int(raw["pid"]), float(raw["expires_at"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return ClaimHolder("unknown", "unknown", -1, self._modified_at(key) + UNREADABLE_CLAIM_GRACE_S)
+
+    def _modified_at(self, key: str) -> float:
+        """When the claim file was last written (epoch seconds); now when the store cannot say."""
+        try:
+            info = self.storage.fs.info(self.storage.uncached(self._path(key)))
+        except FileNotFoundError:
+            return 0.0
+        modified = modified_at(info)
+        return time.time() if modified is None else modified
+
+    def _is_stale(self, holder: ClaimHolder) -> bool:
+        if holder.expires_at < time.time():
+            return True
+        return holder.host == self.me.host and holder.pid != self.me.pid and not process_alive(holder.pid)
+
+    def try_claim(self, key: str) -> ClaimHolder | None:
+        """None when the claim is ours now; otherwise who holds it."""
+        if key in self.held:
+            return None
+        path = self._path(key)
+        self.storage.fs.makedirs(self.storage.path(STATE_FOLDER, "claims"), exist_ok=True)
+        body = json.dumps(
+            {
+                "run": self.me.run,
+                "host": self.me.host,
+                "pid": self.me.pid,
+                "expires_at": time.time() + self.lease_s,
+            }
+        ).encode()
+        for _ in range(3):
+            try:
+                self._create_exclusive(path, body)
+            except FileExistsError:
+                holder = self._holder(key)
+                if holder is not None and not self._is_stale(holder):
+                    return holder
+                if holder is not None:
+                    with contextlib.suppress(FileNotFoundError):  # another run may take it over too
+                        self.storage.fs.rm_file(path)  # take over a dead run's claim
+                continue
+            self.held.add(key)
+            return None
+        return self._holder(key) or ClaimHolder("unknown", "unknown", -1, 0.0)
+
+    def _create_exclusive(self, path: str, body: bytes) -> None:
+        """Create ``path`` holding ``body`` only if it does not exist (FileExistsError otherwise)."""
+        if self.storage.is_local:
+            # Write aside, then hard-link into place: the claim appears complete or not at all.
+            staged = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(staged, "wb") as handle:
+                handle.write(body)
+            try:
+                os.link(staged, path)
+            finally:
+                os.remove(staged)
+            return
+        if _protocols(self.storage) & _PROCESS_LOCAL_PROTOCOLS:
+            with _process_local_create, self.storage.fs.open(path, "xb") as handle:
+                handle.write(body)
+            return
+        # Object stores: a conditional put creates the object with its content, or fails.
+        with self.storage.fs.open(path, "xb") as handle:
+            handle.write(body)
+
+    def sweep(self) -> int:
+        """Remove claims left by runs that died; done once at the start of a run."""
+        folder = self.storage.path(STATE_FOLDER, "claims")
+        try:
+            paths = self.storage.fs.ls(self.storage.uncached(folder), detail=False)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for path in paths:
+            key = str(path).rsplit("/", 1)[-1].removesuffix(".json")
+            holder = self._holder(key)
+            if holder is not None and self._is_stale(holder):
+                with contextlib.suppress(FileNotFoundError):
+                    self.storage.fs.rm_file(self._path(key))
+                    removed += 1
+        return removed
+
+    def release(self, key: str) -> None:
+        if key in self.held:
+            self.held.discard(key)
+            with contextlib.suppress(FileNotFoundError):
+                self.storage.fs.rm_file(self._path(key))
+
+    def release_all(self) -> None:
+        for key in list(self.held):
+            self.release(key)
+
+
+# ==== Secrets =====================================================================================
+#
+# Keep secrets out of everything stored or printed.
+#
+# The client never sends the API key anywhere but the API, yet a server may echo it back (an error
+# text quoting ``Bearer <key>``), and from there it would reach metadata, summaries, the gallery, logs
+# and the Prefect database. Every secret the process holds is registered here when it is loaded, and
+# text that comes from a server is redacted before anything keeps it.
+
+MASK = "***"
+_MIN_LENGTH = 6  # shorter values would mask ordinary words; no real key is that short
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    if value and len(value.strip()) >= _MIN_LENGTH:
+        _secrets.add(value.strip())
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):  # a key that starts another is masked after it
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` with every string in it (keys and nested values too) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(key): redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a record's message once it is formatted (arguments included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            message = record.getMessage()
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def redact_logs(*loggers: logging.Logger) -> None:
+    """Put the filter on every handler of ``loggers`` (the root logger and Prefect's by default):
+    a filter on a handler sees the records of every child logger, a filter on a logger does not."""
+    for logger in loggers or (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)

@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.client import WaveSpeedClient
-from tasks.prediction import Prediction
+from tasks.models import Prediction
 
 
 @task(name="wait", cache_policy=NO_CACHE, persist_result=False)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from tasks.errors import WebhookBodyError, WebhookRejected
-from tasks.prediction import Prediction
-from tasks.wakeups import Waiter, new_waiter, wake
+from tasks.models import Prediction
+from tasks.polling import Waiter, new_waiter, wake
 
 if TYPE_CHECKING:
     import uvicorn

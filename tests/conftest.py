@@ -35,8 +35,8 @@ import pytest
 # keep the real streams, not a capture that the next test finds closed.
 import flows.hunyuan3d  # noqa: F401
 from emulator import EmulatorConfig, EmulatorServer
-from tasks import retrying
-from tasks.settings import WaveSpeedSettings
+from tasks import client as retrying
+from tasks.client import WaveSpeedSettings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hy3d" / "samples"
 
@@ -181,7 +181,7 @@ def run_flow(**options: Any) -> tuple[Any, Any]:
     ``limits={"retry_failed": True}``); return (final state, RunSummary or the exception it carries)."""
     from flows.hunyuan3d import generate_meshes
     from flows.options import RunOptions, grouped
-    from flows.records import RunFailedError
+    from flows.progress import RunFailedError
 
     async def go() -> tuple[Any, Any]:
         state = await generate_meshes(**grouped(RunOptions, options), return_state=True)

@@ -8,10 +8,8 @@ import statistics
 import pytest
 
 from emulator import EmulatorServer
-from tasks.account_queue import REFUTATIONS, AccountQueue
-from tasks.client import WaveSpeedClient
-from tasks.polling import MIN_SAMPLES
-from tasks.settings import WaveSpeedSettings
+from tasks.client import WaveSpeedClient, WaveSpeedSettings
+from tasks.polling import MIN_SAMPLES, REFUTATIONS, AccountQueue
 from tests.test_client import BALL, MODEL
 
 

@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.claims import UNREADABLE_CLAIM_GRACE_S, ClaimRegistry
-from tasks.storage import STAGING_FOLDER, STATE_FOLDER, Storage
+from tasks.storage import STAGING_FOLDER, STATE_FOLDER, UNREADABLE_CLAIM_GRACE_S, ClaimRegistry, Storage
 
 
 def _dead_pid() -> int:

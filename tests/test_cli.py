@@ -209,8 +209,7 @@ def test_repeated_row_problems_are_summarised(
 def test_flags_become_the_flows_options_with_the_models_checks() -> None:
     """Every option is a flag made from flows/options.py: values are parsed and checked by the model."""
     from flows.options import RunOptions
-    from hy3d.cli import build_parser
-    from hy3d.options import options_from_args
+    from hy3d.cli import build_parser, options_from_args
 
     flags = ["run", "m.csv", "-o", "out", "--formats", "WEB,Usdz", "--wait-timeout", "30", "--retry-failed"]
     flags += ["--storage-option", "endpoint_url=http://s3", "--input", "seed=7", "--credentials-block", ""]

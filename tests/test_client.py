@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from emulator import EmulatorServer
-from tasks.client import SUBMIT_KEEPALIVE_S, WaveSpeedClient
+from tasks.client import SUBMIT_KEEPALIVE_S, WaveSpeedClient, WaveSpeedSettings
 from tasks.errors import (
     AuthenticationError,
     BadRequestError,
@@ -21,7 +21,6 @@ from tasks.errors import (
     RateLimitError,
     SubmitOutcomeUnknownError,
 )
-from tasks.settings import WaveSpeedSettings
 from tests.conftest import SAMPLES, settings_for
 
 MODEL = "wavespeed-ai/hunyuan3d/v2-mini"

@@ -16,14 +16,13 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from pydantic import SecretStr, ValidationError
 
-from tasks.client import WaveSpeedClient
+from tasks.client import DEFAULT_BASE_URL, WaveSpeedClient, WaveSpeedSettings
 from tasks.credentials import (
     WaveSpeedCredentials,
     aresolve_settings,
     resolve_settings,
 )
 from tasks.errors import CredentialsBlockNotFoundError, MissingAPIKeyError
-from tasks.settings import DEFAULT_BASE_URL, WaveSpeedSettings
 from tests.conftest import run_process
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from emulator.meshgen import image_to_glb, prompt_to_glb
 from hy3d.cli import main as cli_main
 from tasks.deliverables import FILES, DeliverableSettings, build
 from tasks.deliverables.gltf import read_glb
-from tasks.meshinfo import inspect_glb_structure
+from tasks.fetch import inspect_glb_structure
 from tests.conftest import SAMPLES, run_flow, serve
 
 ROOT = Path(__file__).resolve().parents[1]

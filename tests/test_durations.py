@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 
 from emulator import EmulatorServer
-from flows.durations import DURATIONS_FILE, parse_durations, read_durations, write_durations
-from tasks.polling import MIN_SAMPLES, DurationEstimator
-from tasks.settings import DEFAULT_MODEL
+from tasks.models import DEFAULT_MODEL
+from tasks.polling import (
+    DURATIONS_FILE,
+    MIN_SAMPLES,
+    DurationEstimator,
+    parse_durations,
+    read_durations,
+    write_durations,
+)
 from tasks.storage import Storage
 from tests.conftest import run_flow
 from tests.test_flow import distinct_images, write_csv

@@ -1,4 +1,4 @@
-"""Where the exceptions live (tasks/errors.py, flows/records.py, hy3d/cli.py) and the one base class of
+"""Where the exceptions live (tasks/errors.py, flows/progress.py, hy3d/cli.py) and the one base class of
 every configuration error. Pure: no Prefect, no server."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tasks import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = ("flows", "tasks", "hy3d")
-ERROR_MODULES = {"tasks/errors.py", "flows/records.py", "hy3d/cli.py"}
+ERROR_MODULES = {"tasks/errors.py", "flows/progress.py", "hy3d/cli.py"}
 CONFIGURATION_ERRORS = [
     errors.MissingAPIKeyError,
     errors.CredentialsBlockNotFoundError,

@@ -12,9 +12,7 @@ from PIL import Image
 
 from tasks.convert import convert_to_glb
 from tasks.errors import IncompleteDownloadError, MeshConversionError
-from tasks.fetch import choose_mesh
-from tasks.formats import kind_of
-from tasks.meshinfo import inspect_glb
+from tasks.fetch import choose_mesh, inspect_glb, kind_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 20
 GLB = b"glTF\x02\0\0\0" + b"\0" * 20

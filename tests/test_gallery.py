@@ -30,6 +30,7 @@ import flows.gallery as gallery_module
 from emulator import EmulatorServer
 from emulator.glb import pad_glb
 from emulator.meshgen import image_to_glb, prompt_to_glb
+from flows import gallery as preview
 from flows.gallery import (
     ASSETS_FOLDER,
     CACHE_FILE,
@@ -40,13 +41,12 @@ from flows.gallery import (
     build_gallery,
     gallery_markdown,
     publish_gallery,
+    render_preview,
     write_preview,
 )
-from flows.records import ItemOutcome, ItemStatus, RunSummary, metadata_document, utc_now
-from tasks import preview
+from flows.progress import ItemOutcome, ItemStatus, RunSummary, metadata_document
 from tasks.errors import PreviewError, PreviewTooLargeError
-from tasks.preview import render_preview
-from tasks.storage import Storage
+from tasks.storage import Storage, utc_now
 from tests.browser import PageLog, chromium, needs_chromium
 from tests.conftest import SAMPLES, run_flow, serve
 

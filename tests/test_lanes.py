@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from emulator import EmulatorServer
-from tasks.lanes import LanedTransport
+from tasks.client import LanedTransport
 
 
 def laned(capacity: int, max_lanes: int = 8) -> LanedTransport:

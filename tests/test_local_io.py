@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.gctuning import BATCH_GEN0_THRESHOLD, fewer_gc_passes
+from flows.pipeline import BATCH_GEN0_THRESHOLD, fewer_gc_passes
 from tasks.storage import STAGING_FOLDER, STATE_FOLDER, Storage
 
 

@@ -326,8 +326,7 @@ def test_ephemeral_keeps_prefects_temporary_server(monkeypatch: pytest.MonkeyPat
         temporary_settings,
     )
 
-    from hy3d import prefect_env
-    from hy3d.prefect_env import EPHEMERAL_STARTUP_TIMEOUT_S
+    from hy3d.local_server import EPHEMERAL_STARTUP_TIMEOUT_S
 
     def refuse(**_: object) -> None:
         raise AssertionError("the local server was asked for")
@@ -340,7 +339,7 @@ def test_ephemeral_keeps_prefects_temporary_server(monkeypatch: pytest.MonkeyPat
     def start_temporary_server() -> None:
         started.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
 
-    monkeypatch.setattr(prefect_env, "start_temporary_server", start_temporary_server)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}), prefect_env.prefect_api(say=print):
+    monkeypatch.setattr(local_server, "start_temporary_server", start_temporary_server)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), local_server.prefect_api(say=print):
         assert PREFECT_API_URL.value() is None
     assert started == [EPHEMERAL_STARTUP_TIMEOUT_S]  # in its own process group, given time to start

@@ -8,7 +8,7 @@ import pytest
 
 from emulator import image_to_glb
 from emulator.glb import pad_glb
-from tasks import meshinfo
+from tasks import fetch
 from tasks.errors import IncompleteDownloadError
 from tests.conftest import SAMPLES
 
@@ -21,8 +21,8 @@ def glb(tmp_path: Path) -> Path:
 
 
 def test_structural_reading_agrees_with_trimesh(glb: Path) -> None:
-    full = meshinfo.inspect_glb(str(glb))
-    light = meshinfo.inspect_glb_structure(str(glb))
+    full = fetch.inspect_glb(str(glb))
+    light = fetch.inspect_glb_structure(str(glb))
     assert full.parsed_by == "trimesh" and light.parsed_by == "gltf-json"
     assert (light.vertices, light.faces) == (full.vertices, full.faces)
     assert full.faces > 0 and light.bounds is not None
@@ -33,12 +33,12 @@ def test_large_meshes_are_checked_without_a_full_parse(
 ) -> None:
     big = tmp_path / "big.glb"
     big.write_bytes(pad_glb(glb.read_bytes(), 3_000_000))
-    monkeypatch.setattr(meshinfo, "FULL_PARSE_MAX_BYTES", 1_000_000)
-    stats = meshinfo.inspect_glb(str(big))
+    monkeypatch.setattr(fetch, "FULL_PARSE_MAX_BYTES", 1_000_000)
+    stats = fetch.inspect_glb(str(big))
     assert stats.parsed_by == "gltf-json" and stats.faces > 0
 
 
-@pytest.mark.parametrize("parser", [meshinfo.inspect_glb, meshinfo.inspect_glb_structure])
+@pytest.mark.parametrize("parser", [fetch.inspect_glb, fetch.inspect_glb_structure])
 def test_truncated_or_corrupt_files_are_rejected(glb: Path, tmp_path: Path, parser: object) -> None:
     data = glb.read_bytes()
     cut = tmp_path / "cut.glb"
@@ -47,6 +47,6 @@ def test_truncated_or_corrupt_files_are_rejected(glb: Path, tmp_path: Path, pars
     corrupt.write_bytes(data[:20] + b"\x00" * (len(data) - 20))
     for path in (cut, corrupt):
         with pytest.raises(IncompleteDownloadError):
-            if parser is meshinfo.inspect_glb_structure:
-                meshinfo.check_glb_header(str(path))
+            if parser is fetch.inspect_glb_structure:
+                fetch.check_glb_header(str(path))
             parser(str(path))  # type: ignore[operator]

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from emulator import EmulatorServer
-from tasks.account_queue import AccountQueue
 from tasks.client import WaveSpeedClient
 from tasks.polling import (
     MIN_SAMPLES,
     SCOUTS,
+    AccountQueue,
     DurationEstimator,
     PollSchedule,
     Role,

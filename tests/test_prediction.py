@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.prediction import Prediction, rfc3339_to_ns
+from tasks.models import Prediction, rfc3339_to_ns
 
 
 @pytest.mark.parametrize(

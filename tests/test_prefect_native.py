@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emulator import EmulatorServer
-from tasks.limits import SubmitRateLimiter
+from tasks.submit import SubmitRateLimiter
 from tests.conftest import run_flow
 from tests.test_flow import NAMES, assert_landed, write_csv
 

@@ -31,17 +31,18 @@ import pytest
 from rich.console import Console
 
 from emulator import EmulatorServer
-from flows.progress import NoProgress, current_progress, reporting_to
-from flows.records import ItemOutcome, ItemStatus, RunSummary
+from flows.progress import ItemOutcome, ItemStatus, NoProgress, RunSummary, current_progress, reporting_to
 from hy3d.progress import (
     NoTaskTracebacks,
     PlainProgress,
     QuietRunLogs,
     Tally,
+    plain_table,
+    print_summary,
+    rich_table,
     short_duration,
     use_terminal,
 )
-from hy3d.summary import plain_table, print_summary, rich_table
 from tasks.storage import storage_error_message
 from tests.conftest import cli_command, client_env, run_cli, run_process
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tasks.prediction import Prediction
-from tasks.redact import MASK, redact, redact_data, redact_logs, register_secret
+from tasks.models import Prediction
+from tasks.storage import MASK, redact, redact_data, redact_logs, register_secret
 
 SECRET = "wsk-test-secret-echoed-7f3a"
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks import retrying
-from tasks.retrying import RetryPolicy, retry_async
+from tasks import client as retrying
+from tasks.client import RetryPolicy, retry_async
 
 SLOW = RetryPolicy(attempts=5, initial_s=20.0, maximum_s=20.0)  # every backoff is 10-20 s
 

@@ -222,10 +222,8 @@ def test_chunks_are_cut_by_sorted_row_and_stable_across_runs(tmp_path: Path) -> 
 
 
 def test_cli_flags_parse_into_the_sharded_flows_options() -> None:
-    from flows.checks import shared_limits
-    from flows.options import ShardedRunOptions
-    from hy3d.cli import build_parser
-    from hy3d.options import options_from_args
+    from flows.options import ShardedRunOptions, shared_limits
+    from hy3d.cli import build_parser, options_from_args
 
     flags = ["run-sharded", "m.csv", "-o", "out", "--chunk-size", "7", "--concurrency-limit-name", ""]
     options = options_from_args(ShardedRunOptions, build_parser().parse_args(flags))

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from emulator import EmulatorServer
-from tasks.client import WaveSpeedClient
+from tasks.client import WaveSpeedClient, WaveSpeedSettings
 from tasks.errors import AuthenticationError, UnsafePathError
-from tasks.settings import WaveSpeedSettings
 from tasks.storage import Storage
 from tests.conftest import run_flow
 

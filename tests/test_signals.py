@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from emulator import EmulatorConfig, EmulatorServer
-from flows.interrupt import hard_exit, stop_on_signals
+from flows.pipeline import hard_exit, stop_on_signals
 from tests.conftest import cli_command, client_env, unused_url_emulator
 from tests.test_flow import distinct_images, write_csv
 
@@ -192,7 +192,7 @@ def test_first_signal_stops_once_then_a_further_one_exits() -> None:
 def test_second_signal_exits_at_once() -> None:
     script = (
         "import asyncio, os, signal\n"
-        "from flows.interrupt import hard_exit, stop_on_signals\n"
+        "from flows.pipeline import hard_exit, stop_on_signals\n"
         "async def go():\n"
         "    async with stop_on_signals() as interruption:\n"
         "        interruption.on_stop(lambda reason: print(reason, flush=True))\n"

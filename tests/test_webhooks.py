@@ -22,9 +22,8 @@ import pytest
 from pydantic import SecretStr
 
 from emulator import EmulatorServer
-from tasks.client import WaveSpeedClient
+from tasks.client import WaveSpeedClient, WaveSpeedSettings
 from tasks.errors import WebhookBodyError, WebhookRejected
-from tasks.settings import WaveSpeedSettings
 from tasks.webhooks import (
     MISSES_BEFORE_DISTRUST,
     WebhookReceiver,

@@ -22,7 +22,7 @@ from tasks.deliverables.printable import vertex_normals
 from tasks.deliverables.tools import run_gltfpack
 from tasks.deliverables.web import simplify_ratio
 from tasks.errors import UsdzError
-from tasks.meshinfo import inspect_glb_structure
+from tasks.fetch import inspect_glb_structure
 
 # AR Quick Look's guidance: textures up to 2048 px (larger ones are downsampled on device anyway).
 USDZ_TEXTURE_MAX_PX = 2048

@@ -16,7 +16,7 @@ import os
 from tasks.deliverables.gltf import textures_to_webp
 from tasks.deliverables.tools import run_gltfpack
 from tasks.errors import WebGlbError
-from tasks.meshinfo import check_glb_header, inspect_glb_structure
+from tasks.fetch import check_glb_header, inspect_glb_structure
 
 # gltfpack's simplifier stops at 1% deviation by default; asked for a face budget, it may go further.
 SIMPLIFY_ERROR = 0.05

@@ -25,8 +25,7 @@ import trimesh
 from emulator import EmulatorServer
 from flows.manifest import load_manifest
 from hy3d.cli import main as cli_main
-from tasks.claims import ClaimRegistry
-from tasks.storage import STATE_FOLDER
+from tasks.storage import STATE_FOLDER, ClaimRegistry
 from tests.conftest import run_flow
 from tests.storage.conftest import Backend
 
