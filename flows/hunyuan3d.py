@@ -10,7 +10,6 @@ from functools import partial
 from typing import Any
 
 from prefect import State, Task, flow, get_run_logger
-from prefect.results import ResultStore
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
@@ -73,7 +72,7 @@ from tasks.storage import (
     storage_error_message,
     utc_now,
 )
-from tasks.submit import Budget, SubmitThrottle
+from tasks.submit import Budget, SubmitCache, SubmitThrottle
 
 # A claim outlives the longest an item can take (wait deadline + download), then others may take over.
 CLAIM_LEASE_MARGIN_S = 900.0
@@ -279,7 +278,7 @@ async def _context(
         prices=prices,
         task_runs=as_task_runs,
         previews=previews,
-        result_store=None if as_task_runs else await ResultStore().aupdate_for_task(run.submit_task),
+        submit_cache=None if as_task_runs else await SubmitCache.of(run.submit_task),
         in_flight_limit=limits.concurrency_limit_name,
         submit_task=run.submit_task,
     )

@@ -22,14 +22,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 from prefect import Task
-from prefect.filesystems import LocalFileSystem
-from prefect.results import ResultStore
 from pydantic import ValidationError
 
 from flows.manifest import ManifestItem
@@ -59,16 +55,15 @@ from tasks.models import (
     inspect_image,
 )
 from tasks.storage import (
-    RETENTION,
     ClaimRegistry,
     PredictionLedger,
     Storage,
-    small_io,
     storage_error_message,
     utc_now,
 )
 from tasks.submit import (
     ImageInput,
+    SubmitCache,
     SubmitRequest,
     SubmittedPrediction,
     SubmitThrottle,
@@ -368,8 +363,6 @@ def _judged(
 
 # ==== One item ====================================================================================
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class PredictionResult:
@@ -400,7 +393,7 @@ class RunContext:
     # coroutines, for runs too large for the server to record three task runs per item.
     task_runs: bool = True
     previews: bool = True  # render DEST/<id>/preview.png as items land (docs/performance.md: its CPU)
-    result_store: ResultStore | None = None  # the submit cache, used directly when task_runs is False
+    submit_cache: SubmitCache | None = None  # used directly when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
     interrupted: bool = False  # Ctrl-C or SIGTERM: waits are given up too
@@ -481,12 +474,12 @@ async def _submit_without_task_run(
 ) -> tuple[SubmittedPrediction, bool]:
     """The submit task's body and its cache records, without a task run: the same records in the
     same result storage, so both modes share the never-pay-twice guarantee."""
-    store = ctx.result_store
-    assert store is not None
+    cache = ctx.submit_cache
+    assert cache is not None
     key = prepared.request.cache_key
     if not fresh:
         try:
-            cached = await _result_io(store, _cached_submission, store, key)
+            cached = await cache.get(key)
         except Exception as exc:  # an unreadable record is a cache miss, as it is for the task
             ctx.logger.warning("%s: submit cache record unreadable (%s); submitting", prepared.item.id, exc)
         else:
@@ -495,23 +488,11 @@ async def _submit_without_task_run(
     submitted = await submit_prediction(
         ctx.client, prepared.request, ctx.storage_options, ctx.ledger, ctx.throttle
     )
-    expiration = cast(Any, datetime.now(UTC) + RETENTION)
     try:
-        await _result_io(store, partial(store.write, obj=submitted, key=key, expiration=expiration))
+        await cache.put(key, submitted)
     except Exception as exc:  # the ledger still has it; only other outputs lose the shortcut
         ctx.logger.warning("%s: could not write the submit cache record: %s", prepared.item.id, exc)
     return submitted, False
-
-
-def _cached_submission(store: ResultStore, key: str) -> SubmittedPrediction | None:
-    if not store.exists(key):
-        return None
-    return SubmittedPrediction.model_validate(store.read(key).result)
-
-
-async def _result_io(store: ResultStore, call: Callable[..., T], *args: Any) -> T:
-    """Result storage calls, placed like the output's small files (a local folder or not)."""
-    return await small_io(isinstance(store.result_storage, LocalFileSystem), call, *args)
 
 
 async def _poll(ctx: RunContext, submitted: SubmittedPrediction) -> Prediction:
@@ -930,13 +911,6 @@ def _inputs_key(inputs: dict[str, Any]) -> str:
     return json.dumps(inputs, sort_keys=True, default=str)
 
 
-async def _cached(store: ResultStore, key: str) -> bool:
-    try:
-        return bool(await store.aexists(key))
-    except Exception:
-        return False
-
-
 async def price_items(
     client: WaveSpeedClient, prepared: list[PreparedItem]
 ) -> tuple[dict[str, Price | None], dict[str, float | None]]:
@@ -971,7 +945,7 @@ async def estimate_cost(
     forecast, while what decides whether to pay is read afresh at that moment (another run on the
     same output may have landed or submitted the item meanwhile)."""
     estimate = Estimate(items=len(prepared))
-    store = await ResultStore().aupdate_for_task(submit_task)
+    cache = await SubmitCache.of(submit_task)
     ledger = PredictionLedger(storage) if storage is not None else None
     seen: set[str] = set()
     pending: list[PreparedItem] = []
@@ -985,7 +959,7 @@ async def estimate_cost(
         seen.add(key)
         recorded = await asyncio.to_thread(ledger.read, key) if ledger is not None else None
         paid = recorded is not None and recorded.state == "submitted" and not recorded.expired
-        if paid or await _cached(store, entry.request.cache_key):
+        if paid or await cache.contains(entry.request.cache_key):
             estimate.already_paid += 1
             continue
         pending.append(entry)

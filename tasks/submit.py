@@ -5,7 +5,7 @@ lives on, not the file name or item id, so the same image is never paid for twic
 ids, not in a re-run, not from another process sharing the result storage. Cache records expire
 with WaveSpeed's 7-day retention.
 
-Sections: limits (in flight, submits per minute, the budget), then the submit task.
+Sections: limits (in flight, submits per minute, the budget), then the submit task and its cache.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import fsspec
-from prefect import task
+from prefect import Task, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.asyncio import concurrency, rate_limit
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
+from prefect.filesystems import LocalFileSystem
+from prefect.results import ResultStore
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.client import WaveSpeedClient
@@ -40,7 +43,7 @@ from tasks.errors import (
     WaveSpeedError,
 )
 from tasks.models import EXTENSIONS
-from tasks.storage import RETENTION, PredictionLedger
+from tasks.storage import RETENTION, PredictionLedger, small_io
 
 # ==== Limits ======================================================================================
 #
@@ -382,3 +385,46 @@ submit = task(
     # Resending is decided inside the client: only when the server certainly did not accept it.
     retries=0,
 )(submit_prediction)
+
+
+T = TypeVar("T")
+
+
+class SubmitCache:
+    """The submit task's cache, read and written without a task run: the same records (key
+    :meth:`SubmitRequest.cache_key`, expiry :data:`RETENTION`) in the same result storage as the
+    task's own, so a run with task runs, one without and an estimate all see one cache."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self._store = store
+
+    @classmethod
+    async def of(cls, submit_task: Task[..., Any]) -> SubmitCache:
+        """The cache of ``submit_task`` (:data:`submit`, or a copy with other options)."""
+        return cls(await ResultStore().aupdate_for_task(submit_task))
+
+    async def _io(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # Placed like the output's small files: on the event loop for a local folder, else a thread.
+        local = isinstance(self._store.result_storage, LocalFileSystem)
+        return await small_io(local, partial(call, *args, **kwargs))
+
+    async def contains(self, key: str) -> bool:
+        """Whether a record exists; an unreadable store counts as no record."""
+        try:
+            return bool(await self._store.aexists(key))
+        except Exception:
+            return False
+
+    async def get(self, key: str) -> SubmittedPrediction | None:
+        """The recorded submission, or None; raises when a record exists but cannot be read."""
+
+        def read() -> SubmittedPrediction | None:
+            if not self._store.exists(key):
+                return None
+            return SubmittedPrediction.model_validate(self._store.read(key).result)
+
+        return await self._io(read)
+
+    async def put(self, key: str, submitted: SubmittedPrediction) -> None:
+        expiration = cast(Any, datetime.now(UTC) + RETENTION)
+        await self._io(self._store.write, obj=submitted, key=key, expiration=expiration)
