@@ -8,7 +8,7 @@ What is written, all of it published atomically (staged, then :meth:`Storage.pub
   vendored in ``flows/gallery_assets/``), the gallery script and its style sheet, and ``cards.json``,
   a cache of what each item's metadata says (keyed by the metadata file's size and mtime/etag), so a
   gallery over a large output re-reads only the metadata that changed.
-- ``DEST/<id>/preview.png``: a 256 px thumbnail rendered on the CPU (:mod:`flows.gallery`).
+- ``DEST/<id>/preview.png``: a 256 px thumbnail rendered on the CPU ("Previews", below).
 - ``DEST/<id>/mesh.js``: the GLB as base64 in a classic script (``hy3dMeshes[id] = "..."``).
   Chromium lets a page opened from disk load ``<script src>`` from the disk, but refuses it
   ``fetch``/XHR and ES modules; so the viewer injects this script when the card scrolls into view
@@ -45,13 +45,10 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import fsspec
-import numpy as np
-import numpy.typing as npt
-import trimesh
 from PIL import Image
 from prefect.artifacts import acreate_markdown_artifact
 
@@ -59,6 +56,13 @@ from flows.progress import MESH_FILE, METADATA_FILE, RUNS_FOLDER, ItemOutcome, I
 from tasks.errors import PreviewError, PreviewTooLargeError
 from tasks.fetch import FULL_PARSE_MAX_BYTES, FULL_PARSE_SLOTS
 from tasks.storage import STATE_FOLDER, Storage, modified_at, storage_error_message, utc_now
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    FloatArray = npt.NDArray[np.float32]
+    IntArray = npt.NDArray[np.int64]
 
 # ==== Previews ====================================================================================
 #
@@ -75,9 +79,8 @@ from tasks.storage import STATE_FOLDER, Storage, modified_at, storage_error_mess
 # (antialiasing). The background is transparent.
 #
 # It is pure (a path in, PNG bytes out); its cost per mesh is in docs/performance.md ("Previews").
-
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
+# numpy and trimesh are imported by the functions that use them: a run whose meshes are all too
+# big for a preview never loads them (about 30 MB, measured by the `memory` preset).
 
 # Viewing direction, shared with the gallery's viewer (flows/gallery_assets/gallery.js): from the
 # front (+Z, glTF's "forward"), turned to the right and looking slightly down.
@@ -95,8 +98,7 @@ PREVIEW_MAX_BYTES = FULL_PARSE_MAX_BYTES
 BATCH_FRAGMENTS = 1 << 20
 
 # The key light, in camera space (x right, y up, z towards the viewer): from the upper left, in front.
-_LIGHT = np.array([-0.45, 0.65, 0.62], dtype=np.float32)
-_LIGHT /= np.linalg.norm(_LIGHT)
+_LIGHT = (-0.45, 0.65, 0.62)
 
 
 @dataclass
@@ -120,6 +122,8 @@ def render_preview(glb_path: str, size: int = 256) -> bytes:
     :class:`PreviewError` when the file has no triangles, and whatever trimesh raises for a file it
     cannot read. Renders share the full-parse slots of :mod:`tasks.fetch` (memory is bounded by
     the slots, not by how many items land at once)."""
+    import trimesh
+
     if size < 8:
         raise ValueError(f"preview size {size} is too small")
     file_bytes = os.path.getsize(glb_path)
@@ -144,6 +148,9 @@ def render_preview(glb_path: str, size: int = 256) -> bytes:
 
 
 def _scene_parts(scene: Any) -> list[_Part]:
+    import numpy as np
+    import trimesh
+
     parts: list[_Part] = []
     for node in scene.graph.nodes_geometry:
         transform, geometry_name = scene.graph[node]
@@ -175,6 +182,8 @@ def _scene_parts(scene: Any) -> list[_Part]:
 
 def _vertex_normals(vertices: npt.NDArray[np.float64], faces: IntArray) -> npt.NDArray[np.float64]:
     """Area-weighted vertex normals (trimesh's own need scipy for speed, which is not a dependency)."""
+    import numpy as np
+
     corners = vertices[faces]
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     normals = np.zeros_like(vertices)
@@ -186,6 +195,8 @@ def _vertex_normals(vertices: npt.NDArray[np.float64], faces: IntArray) -> npt.N
 
 def _colour_source(visual: Any, part: _Part) -> None:
     """Fill the part's colour fields from a trimesh visual (texture, vertex/face colours, material)."""
+    import numpy as np
+
     kind = getattr(visual, "kind", None)
     if kind == "texture":
         material = getattr(visual, "material", None)
@@ -221,6 +232,8 @@ def _colour_source(visual: Any, part: _Part) -> None:
 
 def _unit_rgba(values: npt.NDArray[Any]) -> FloatArray:
     """Colours as float RGBA in 0..1, whether given as uint8 or as floats."""
+    import numpy as np
+
     array = np.asarray(values)
     scaled = array.astype(np.float32) / 255.0 if array.dtype.kind in "ui" else array.astype(np.float32)
     if scaled.shape[-1] == 3:
@@ -233,6 +246,8 @@ def _unit_rgba(values: npt.NDArray[Any]) -> FloatArray:
 
 def _camera_basis() -> FloatArray:
     """Rows: right, up, towards-the-camera (camera space = world @ basis.T)."""
+    import numpy as np
+
     azimuth, elevation = math.radians(VIEW_AZIMUTH_DEG), math.radians(VIEW_ELEVATION_DEG)
     back = np.array(
         [
@@ -248,6 +263,8 @@ def _camera_basis() -> FloatArray:
 
 
 def _render(parts: list[_Part], size: int) -> Image.Image:
+    import numpy as np
+
     side = size * SUPERSAMPLE
     basis = _camera_basis()
     offsets = np.cumsum([0] + [len(part.vertices) for part in parts])
@@ -295,6 +312,8 @@ def _rasterize(screen: FloatArray, faces: IntArray, side: int) -> tuple[IntArray
     Scanline conversion, vectorized: each triangle is cut into the pixel rows its interior crosses,
     each row into the pixel centres between its left and right edges, so only covered pixels are
     ever generated; a z-buffer (``np.maximum.at``) keeps the nearest fragment of each pixel."""
+    import numpy as np
+
     tris = _triangles(screen, faces, side)
     depth_buffer = np.full(side * side, -np.inf, np.float64)
     kept: list[tuple[IntArray, IntArray, npt.NDArray[np.float64]]] = []
@@ -317,6 +336,8 @@ def _rasterize(screen: FloatArray, faces: IntArray, side: int) -> tuple[IntArray
 
 
 def _triangles(screen: FloatArray, faces: IntArray, side: int) -> _Triangles:
+    import numpy as np
+
     tri = screen[faces]  # (m, 3, 3)
     xs, ys = tri[:, :, 0], tri[:, :, 1]
     area = (xs[:, 1] - xs[:, 0]) * (ys[:, 2] - ys[:, 0]) - (xs[:, 2] - xs[:, 0]) * (ys[:, 1] - ys[:, 0])
@@ -340,6 +361,8 @@ def _triangles(screen: FloatArray, faces: IntArray, side: int) -> _Triangles:
 def _batches(tris: _Triangles) -> Iterator[IntArray]:
     """The ids of the triangles that cross a pixel row, in consecutive batches whose bounding boxes
     hold about BATCH_FRAGMENTS pixels: bounded memory."""
+    import numpy as np
+
     budget = np.cumsum(tris.rows * tris.width)
     total = int(budget[-1]) if len(budget) else 0
     cuts = np.searchsorted(budget, np.arange(BATCH_FRAGMENTS, total, BATCH_FRAGMENTS), side="right")
@@ -354,6 +377,8 @@ def _batches(tris: _Triangles) -> Iterator[IntArray]:
 def _row_spans(tris: _Triangles, ids: IntArray, side: int) -> tuple[IntArray, IntArray, IntArray, IntArray]:
     """One entry per (triangle, pixel row) of the triangles ``ids``: the triangle, the row, the
     first pixel column covered and how many are."""
+    import numpy as np
+
     row_tri = np.repeat(ids, tris.rows[ids])
     first = np.cumsum(tris.rows[ids]) - tris.rows[ids]
     row_y = tris.row0[row_tri] + (np.arange(len(row_tri)) - np.repeat(first, tris.rows[ids]))
@@ -379,6 +404,8 @@ def _fragments(
 ) -> tuple[IntArray, IntArray, npt.NDArray[np.float64]] | None:
     """One entry per pixel covered by the triangles ``ids``: (pixel index, face index, depth); None
     when they cover no pixel centre."""
+    import numpy as np
+
     row_tri, row_y, col0, count = _row_spans(tris, ids, side)
     frag_row = np.repeat(np.arange(len(row_tri)), count)
     if not len(frag_row):
@@ -400,6 +427,8 @@ def _barycentrics(
     xs: FloatArray, ys: FloatArray, area: FloatArray, col: IntArray, row: IntArray
 ) -> FloatArray:
     """Barycentric weights (k, 3) of the pixel centres (col, row) in the triangles (xs, ys: (k, 3))."""
+    import numpy as np
+
     cx, cy = col.astype(np.float32) + 0.5, row.astype(np.float32) + 0.5
     b0 = ((xs[:, 1] - cx) * (ys[:, 2] - cy) - (xs[:, 2] - cx) * (ys[:, 1] - cy)) / area
     b1 = ((xs[:, 2] - cx) * (ys[:, 0] - cy) - (xs[:, 0] - cx) * (ys[:, 2] - cy)) / area
@@ -420,6 +449,8 @@ def _shade(
     bary: FloatArray,
 ) -> FloatArray:
     """Lit RGBA (sRGB, 0..1, opaque) for each visible fragment."""
+    import numpy as np
+
     corners = faces[face]  # (k, 3) global vertex ids
     # Smooth shading within a crease angle, flat across sharper edges (a cube stays a cube even
     # when its corners share vertices), as "auto smooth" does.
@@ -442,7 +473,9 @@ def _shade(
             albedo[mine] = _albedo(part, local, face[mine] - _face_offset(parts, index), bary[mine])
 
     linear = albedo**2.2
-    key = np.clip(normal @ _LIGHT, 0.0, None)
+    light = np.array(_LIGHT, dtype=np.float32)
+    light /= np.linalg.norm(light)
+    key = np.clip(normal @ light, 0.0, None)
     fill = np.clip(normal[:, 2], 0.0, None)
     sky = 0.5 + 0.5 * normal[:, 1]
     light = 0.25 + 0.15 * sky + 1.05 * key + 0.35 * fill
@@ -466,6 +499,8 @@ def _interpolate(values: FloatArray, corners: IntArray, bary: FloatArray) -> Flo
 
 def _albedo(part: _Part, corners: IntArray, faces: IntArray, bary: FloatArray) -> FloatArray:
     """Base colour (sRGB, 0..1) of fragments of one part: texture × factor, vertex/face colours, or factor."""
+    import numpy as np
+
     factor = part.factor[:3]
     if part.texture is not None and part.uv is not None:
         uv = _interpolate(part.uv, corners, bary)

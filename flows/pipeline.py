@@ -109,7 +109,7 @@ def fewer_gc_passes() -> Iterator[None]:
 # A terminal's Ctrl-C (SIGINT to the foreground process group), ``docker stop``, Kubernetes and a
 # Prefect worker cancelling a flow run (SIGTERM) all end up here while the flow's event loop runs on
 # the main thread (``hy3d run``, ``asyncio.run(generate_meshes(...))``, a worker's flow run process).
-# What a stop does is the flow's business (``RunContext.stop(..., interrupt=True)``); this module only
+# What a stop does is the flow's business (``RunContext.stop(..., interrupt=True)``); this section only
 # turns the first signal into that call and the second into an immediate exit: the ledger's
 # write-ahead intent makes even that safe (a submit in flight stays ``submitting``, and the re-run
 # reports it ``submit_unknown`` instead of paying again).

@@ -585,7 +585,7 @@ def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
     """Within this block Prefect talks to: ``PREFECT_API_URL`` when it is set (environment or Prefect
     profile; checked to accept connections); Prefect's temporary server, started now in its own
     process group (:func:`start_temporary_server`), when ``HY3D_EPHEMERAL=1``; otherwise hy3d's
-    long-lived local server (:mod:`hy3d.local_server`, in a session of its own: a Ctrl-C for the run
+    long-lived local server (above, in a session of its own: a Ctrl-C for the run
     does not reach it either), started now if none runs, this process registered as using it.
 
     Raises :class:`~tasks.errors.PrefectUnavailableError` (one line)."""

@@ -217,7 +217,7 @@ SNIFF_BYTES = 512  # how much of a file :func:`kind_of` needs
 
 
 def extension_kind(url: str) -> str | None:
-    """The kind named by the URL path's extension, if it names one this module knows."""
+    """The kind named by the URL path's extension, if it names one we know."""
     extension = posixpath.splitext(urlsplit(url).path)[1].lower().lstrip(".")
     return _EXTENSIONS.get(extension)
 

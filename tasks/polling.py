@@ -644,11 +644,11 @@ class PollSchedule:
 # Processing times carried from one run to the next: ``DEST/.hy3d/durations.json``.
 #
 # A run learns how long each model's predictions take from the ones it sees complete
-# (:class:`tasks.polling.DurationEstimator`), and until it knows three its first wave starts cold:
+# (:class:`DurationEstimator`), and until it knows three its first wave starts cold:
 # four scouts poll early and the rest wait for them. A nightly run into the same output would learn
 # the same thing again every night. Instead the last run's durations seed the next run's plan; the
 # run's own replace them as soon as three are known, or at once when its first is far from them
-# (:meth:`tasks.polling.DurationEstimator.add`). Only durations measured against the same API root
+# (:meth:`DurationEstimator.add`). Only durations measured against the same API root
 # and saved within :data:`MAX_AGE` are used (WaveSpeed's speed changes; a week is also how long its
 # results live), and a run writes only the models it measured at least three times.
 
