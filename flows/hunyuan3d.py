@@ -33,6 +33,7 @@ from flows.options import (
     RunSetup,
     check_setup,
     ensure_limits,
+    run_settings,
     submit_task_for,
 )
 from flows.pipeline import (
@@ -60,7 +61,6 @@ from flows.progress import (
     publish_run_artifacts,
 )
 from tasks.client import WaveSpeedClient, WaveSpeedSettings
-from tasks.credentials import aresolve_settings
 from tasks.errors import APIUnreachableError, AuthenticationError, BudgetExceededError, ConfigurationError
 from tasks.models import DEFAULT_MODEL
 from tasks.polling import read_durations, seed_estimator, write_durations
@@ -162,7 +162,7 @@ async def generate_meshes(
 
 
 async def _configure(options: RunOptions, started_at: str) -> _Run:
-    settings = await aresolve_settings(options.advanced.credentials_block)
+    settings = await run_settings(options)
     settings.require_api_key()
     setup = await check_setup(options)
     submit_task = await submit_task_for(options.advanced.cache_storage_block)

@@ -31,6 +31,8 @@ from tasks.storage import Storage, writable_storage
 if TYPE_CHECKING:
     from prefect import Task
 
+    from tasks.client import WaveSpeedSettings
+
 # No `from __future__ import annotations`: the flows' annotations are these objects themselves
 # (flow.serve() pickles the flows, deployments resolve their annotations at load time).
 
@@ -454,3 +456,18 @@ async def submit_task_for(cache_storage_block: str | None) -> Task[..., Any]:
     if not isinstance(block, WritableFileSystem):
         raise ConfigurationError(f"block {cache_storage_block!r} is not a writable filesystem block")
     return submit.with_options(result_storage=block)
+
+
+def environment_settings(options: RunOptions | ShardedRunOptions) -> WaveSpeedSettings | None:
+    """The client settings from ``WAVESPEED_*``, or None when a Credentials block holds them (the
+    flow reads it, from the Prefect server). Imports no Prefect."""
+    from tasks.client import load_settings
+
+    return None if options.advanced.credentials_block else load_settings()
+
+
+async def run_settings(options: RunOptions | ShardedRunOptions) -> WaveSpeedSettings:
+    """The client settings a run uses: its Credentials block's, or ``WAVESPEED_*``."""
+    from tasks.credentials import aresolve_settings
+
+    return await aresolve_settings(options.advanced.credentials_block)

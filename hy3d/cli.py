@@ -281,14 +281,13 @@ def run_flow(options: RunOptions, *, verbose: bool = False) -> int:
 def _check_before_prefect(options: RunOptions) -> None:
     """What the flow would stop on, checked here first, the API key and root last (one request): a
     configuration error costs no other request and does not wait for Prefect to start."""
-    from flows.options import check_options, read_manifest
-    from tasks.client import load_settings
+    from flows.options import check_options, environment_settings, read_manifest
     from tasks.errors import ConfigurationError
     from tasks.storage import writable_storage
 
     try:
         spec, _ = check_options(options)
-        settings = None if options.advanced.credentials_block else load_settings()
+        settings = environment_settings(options)
         if settings is not None:
             settings.require_api_key()
         read_manifest(options, spec)

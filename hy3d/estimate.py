@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from flows.options import RunOptions, check_options, read_manifest, submit_task_for
+from flows.options import RunOptions, check_options, read_manifest, run_settings, submit_task_for
 from flows.pipeline import Estimate, PreparedItem, estimate_cost, prepare_items
 from tasks.client import WaveSpeedClient
-from tasks.credentials import aresolve_settings
 from tasks.storage import Storage
 
 
@@ -18,7 +17,7 @@ async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
     credentials block, if named) and submit cache (its cache block, if named); the other options of
     a run do not change what it pays."""
     spec, _ = check_options(options)
-    settings = await aresolve_settings(options.advanced.credentials_block)
+    settings = await run_settings(options)
     settings.require_api_key()
     submit_task = await submit_task_for(options.advanced.cache_storage_block)
     loaded = await asyncio.to_thread(partial(read_manifest, options, spec))
