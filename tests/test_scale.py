@@ -104,6 +104,18 @@ def worker(env: ProcessEnv, name: str, log: Path, limit: int) -> Iterator[subpro
                 os.kill(pid, signal.SIGKILL)
 
 
+def wait_for_workers(server: str, names: set[str], timeout_s: float = 120.0) -> None:
+    """Until every named worker has sent the pool a heartbeat."""
+
+    async def online(client: PrefectClient) -> set[str]:
+        return {found.name for found in await client.read_workers_for_work_pool(POOL)}
+
+    deadline = time.monotonic() + timeout_s
+    while not names <= (seen := on_server(server, online)):
+        assert time.monotonic() < deadline, f"workers {sorted(names - seen)} never polled {POOL}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def scale_pool(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """This module's process pool, and ``prefect --no-prompt deploy --all`` of the real ``prefect.yaml``
@@ -346,6 +358,9 @@ def test_parent_deployment_spreads_chunks_over_two_workers_under_the_global_cap(
         worker(scale_env("a"), "worker-a", tmp_path / "a.log", limit=3),
         worker(scale_env("b"), "worker-b", tmp_path / "b.log", limit=3),
     ):
+        # Both workers polling before the run starts: under load one worker can otherwise start late
+        # enough for the other to take every chunk, and the spreading would not be tested at all.
+        wait_for_workers(scale_pool, {"worker-a", "worker-b"})
 
         async def go(client: PrefectClient) -> FlowRun:
             run = await arun_deployment(
