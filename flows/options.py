@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from flows.manifest import Manifest, load_manifest
 from tasks.deliverables import DEFAULT_WEB_TEXTURE_PX, DeliverableSettings, FormatName, check_available
 from tasks.errors import ConfigurationError
 from tasks.models import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, check_model
-from tasks.storage import Storage, writable_storage
 
 if TYPE_CHECKING:
     from prefect import Task
 
+    from flows.manifest import Manifest
     from tasks.client import WaveSpeedSettings
+    from tasks.storage import Storage
 
 # No `from __future__ import annotations`: the flows' annotations are these objects themselves
 # (flow.serve() pickles the flows, deployments resolve their annotations at load time).
@@ -382,6 +382,8 @@ def read_manifest(
     options: RunOptions | ShardedRunOptions, spec: ModelSpec, *, check_exists: bool = True
 ) -> Manifest:
     """The manifest's rows (only ``advanced.rows`` when given: one chunk of a sharded run)."""
+    from flows.manifest import load_manifest  # fsspec: not for every CLI command, which imports this
+
     loaded = load_manifest(
         options.manifest,
         options.advanced.storage_options,
@@ -403,6 +405,8 @@ def read_manifest(
 
 async def check_setup(options: RunOptions | ShardedRunOptions, *, check_exists: bool = True) -> RunSetup:
     """Everything a run needs before it starts, checked in the order a person fixes it."""
+    from tasks.storage import writable_storage
+
     spec, deliverables = check_options(options)
     manifest = await asyncio.to_thread(partial(read_manifest, options, spec, check_exists=check_exists))
     storage = await asyncio.to_thread(writable_storage, options.output, options.advanced.storage_options)

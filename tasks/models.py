@@ -8,7 +8,9 @@ for. Image-valued inputs are listed separately: their manifest values are paths 
 flow resolves, checks and uploads, and the model receives URLs.
 
 The API's resources as the flow sees them. Sections: the models and their typed inputs, the
-images they take (checked before paying), and the prediction the API returns.
+images they take (checked before paying), and the prediction the API returns. The CLI's option
+model imports this module for every command (``hy3d --help`` too), so Pillow and the output store
+(fsspec) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import ImageProblem, UnknownModelError
-from tasks.storage import redact, redact_data
 
 DEFAULT_MODEL = "wavespeed-ai/hunyuan3d/v2-mini"
 
@@ -171,6 +171,8 @@ def inspect_image(data: bytes, *, size: int | None = None) -> ImageInfo:
     ``size`` is the file's full size when ``data`` holds only its beginning (a reader may stop after
     ``MAX_IMAGE_BYTES + 1`` bytes rather than load a huge file); it defaults to ``len(data)``.
     """
+    from PIL import Image, UnidentifiedImageError  # not for every CLI command: see the module's docstring
+
     total = len(data) if size is None else size
     if total > MAX_IMAGE_BYTES:
         raise ImageProblem(f"image is {total / 1e6:.1f} MB; WaveSpeed accepts at most 8 MB")
@@ -247,6 +249,8 @@ def output_url(output: Any) -> str | None:
 def _liberal(data: Any) -> Any:
     """Read an answer as the public clients do (``?? []``): a field that is null, or not of the
     documented type, counts as absent. Only a missing ``id`` makes an answer unusable."""
+    from tasks.storage import redact, redact_data  # fsspec: not for every CLI command
+
     if not isinstance(data, dict):
         return data
     clean = dict(data)
