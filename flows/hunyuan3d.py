@@ -91,10 +91,18 @@ class _Run:
     flow_run_id: str | None = field(default_factory=flow_run.get_id)
     outcomes: list[ItemOutcome] = field(default_factory=list)  # items that will not run
     problems: list[str] = field(default_factory=list)  # warnings for the summary
+    _submit_cache: SubmitCache | None = None
 
     @property
     def storage(self) -> Storage:
         return self.setup.storage
+
+    async def submit_cache(self) -> SubmitCache:
+        """The submit task's records, looked up once and only when needed (a server round trip): for
+        the estimate under ``max_cost`` and for runs without task runs."""
+        if self._submit_cache is None:
+            self._submit_cache = await SubmitCache.of(self.submit_task)
+        return self._submit_cache
 
     def summarize(
         self, items: list[ItemOutcome], ctx: RunContext, stop_reason: str | None = None
@@ -235,7 +243,7 @@ async def _prices(
     max_cost = run.options.max_cost
     if max_cost is None:
         return (await price_items(client, runnable))[1]
-    estimate = await estimate_cost(client, runnable, storage=run.storage, submit_task=run.submit_task)
+    estimate = await estimate_cost(client, runnable, storage=run.storage, cache=await run.submit_cache())
     for line in estimate.lines():
         get_run_logger().info("estimate: %s", line)
     if estimate.total_usd is None:
@@ -278,7 +286,7 @@ async def _context(
         prices=prices,
         task_runs=as_task_runs,
         previews=previews,
-        submit_cache=None if as_task_runs else await SubmitCache.of(run.submit_task),
+        submit_cache=None if as_task_runs else await run.submit_cache(),
         in_flight_limit=limits.concurrency_limit_name,
         submit_task=run.submit_task,
     )

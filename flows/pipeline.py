@@ -393,7 +393,7 @@ class RunContext:
     # coroutines, for runs too large for the server to record three task runs per item.
     task_runs: bool = True
     previews: bool = True  # render DEST/<id>/preview.png as items land (docs/performance.md: its CPU)
-    submit_cache: SubmitCache | None = None  # used directly when task_runs is False
+    submit_cache: SubmitCache | None = None  # read and written here only when task_runs is False
     submit_task: Task[..., Any] = submit
     stop_reason: str | None = None
     interrupted: bool = False  # Ctrl-C or SIGTERM: waits are given up too
@@ -775,6 +775,14 @@ async def _finish_item(
         ctx.logger.warning("%s: %s (%s)", item_id, outcome.status.value, outcome.error)
 
 
+def _write_preview(storage: Storage, item_id: str) -> None:
+    # The gallery brings numpy and trimesh: they load with the first preview, in its thread, not
+    # with the flow (they would delay the first submit).
+    from flows.gallery import write_preview
+
+    write_preview(storage, item_id)
+
+
 def _error_text(ctx: RunContext, exc: BaseException) -> str:
     """An item's error: clear words for what is wrong with the output (full disk, permission
     denied...), else the exception's type and message."""
@@ -936,7 +944,7 @@ async def estimate_cost(
     prepared: list[PreparedItem],
     *,
     storage: Storage | None,
-    submit_task: Task[..., Any],
+    cache: SubmitCache,
 ) -> Estimate:
     """Count what would be paid for and price it. Prices come from WaveSpeed's price endpoint, once
     per distinct set of non-image inputs (the image does not change the price).
@@ -945,7 +953,6 @@ async def estimate_cost(
     forecast, while what decides whether to pay is read afresh at that moment (another run on the
     same output may have landed or submitted the item meanwhile)."""
     estimate = Estimate(items=len(prepared))
-    cache = await SubmitCache.of(submit_task)
     ledger = PredictionLedger(storage) if storage is not None else None
     seen: set[str] = set()
     pending: list[PreparedItem] = []
@@ -975,11 +982,3 @@ async def estimate_cost(
     except WaveSpeedError:
         estimate.balance_usd = None
     return estimate
-
-
-def _write_preview(storage: Storage, item_id: str) -> None:
-    # The gallery brings numpy and trimesh: they load with the first preview, in its thread, not
-    # with the flow (they would delay the first submit).
-    from flows.gallery import write_preview
-
-    write_preview(storage, item_id)

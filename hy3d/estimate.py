@@ -9,6 +9,7 @@ from flows.options import RunOptions, check_options, read_manifest, run_settings
 from flows.pipeline import Estimate, PreparedItem, estimate_cost, prepare_items
 from tasks.client import WaveSpeedClient
 from tasks.storage import Storage
+from tasks.submit import SubmitCache
 
 
 async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
@@ -19,7 +20,7 @@ async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
     spec, _ = check_options(options)
     settings = await run_settings(options)
     settings.require_api_key()
-    submit_task = await submit_task_for(options.advanced.cache_storage_block)
+    cache = await SubmitCache.of(await submit_task_for(options.advanced.cache_storage_block))
     loaded = await asyncio.to_thread(partial(read_manifest, options, spec))
     storage_options = options.advanced.storage_options
     storage = Storage(options.output, storage_options) if options.output else None
@@ -35,4 +36,4 @@ async def estimate_manifest(options: RunOptions) -> tuple[Estimate, int]:
         )
         prepared = [entry for entry in entries if isinstance(entry, PreparedItem)]
         rejected = len(loaded.errors) + len(entries) - len(prepared)
-        return await estimate_cost(client, prepared, storage=storage, submit_task=submit_task), rejected
+        return await estimate_cost(client, prepared, storage=storage, cache=cache), rejected
